@@ -255,7 +255,10 @@ mod tests {
         let seed_b64 = B64.encode(&B64.decode(&secret).unwrap()[..32]);
         // Exact, so that a derived Debug (which would print the key bytes as numbers,
         // not base64) cannot sneak back in.
-        assert_eq!(format!("{sk:?}"), r#"SecretKey { name: "k1", key: <redacted> }"#);
+        assert_eq!(
+            format!("{sk:?}"),
+            r#"SecretKey { name: "k1", key: <redacted> }"#
+        );
         let debug = format!("{sk:?} {sk:#?}");
         assert!(
             debug.contains("k1") && debug.contains("<redacted>"),
