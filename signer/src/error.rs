@@ -76,6 +76,12 @@ pub enum KeyError {
         path.display()
     )]
     Permissions { path: PathBuf, mode: u32 },
+    /// A name for a new key is unusable.
+    #[error(
+        "invalid key name {name:?}: it must be non-empty, without `:`, whitespace or \
+         control characters"
+    )]
+    InvalidName { name: String },
     /// Two keys given to one signer share a name, so their signatures could not be told
     /// apart by a client.
     #[error("two signing keys are both named {name:?}")]
@@ -91,6 +97,7 @@ impl KeyError {
             }
             KeyError::Read { .. }
             | KeyError::Permissions { .. }
+            | KeyError::InvalidName { .. }
             | KeyError::DuplicateName { .. } => None,
         }
     }
