@@ -1,1 +1,21 @@
-//! Skeleton.
+//! Cairn's HTTP service: the Nix binary cache protocol over a local Nix store, with
+//! on-the-fly signing and compression, metrics and health. Library first: `router` builds
+//! the axum app from an [`AppState`], `serve` runs it on listeners the caller bound (tests
+//! bind `127.0.0.1:0`); the `cairnd` binary only parses flags, sets up tracing and binds.
+
+pub mod config;
+pub mod error;
+pub mod keys;
+mod landing;
+pub mod metrics;
+mod nar_stream;
+pub mod routes;
+pub mod serve;
+pub mod state;
+pub mod variants;
+
+pub use config::{Config, FileConfig};
+pub use error::ServerError;
+pub use routes::router;
+pub use serve::{serve, Listener};
+pub use state::AppState;

@@ -1,1 +1,123 @@
-//! End-to-end tests live in tests/tests/; this crate has no library code.
+//! The harness of Cairn's end-to-end tests: a `cairnd` running in-process on
+//! `127.0.0.1:0` with its own runtime, so tests can drive it with the real `nix` binary
+//! from ordinary synchronous code. The tests themselves are in `tests/`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_server::config::{Config, FileConfig};
+use cache_server::{AppState, Listener};
+use tempfile::TempDir;
+
+/// A key pair written to files, as an operator would have it.
+pub struct TestKey {
+    pub secret_file: PathBuf,
+    pub public: String,
+    _dir: TempDir,
+}
+
+impl TestKey {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = signer::SecretKey::generate(name).expect("valid key name");
+        let secret_file = dir.path().join("key.sec");
+        std::fs::write(&secret_file, key.to_file_text()).expect("write key");
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
+        TestKey {
+            secret_file,
+            public: key.public().to_string(),
+            _dir: dir,
+        }
+    }
+}
+
+/// A running server; stops when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub data: TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    scheme: &'static str,
+}
+
+impl Server {
+    /// Starts a server with `file` (its `data_dir` is set to a fresh temp dir unless
+    /// given), TLS from `tls` when set.
+    pub fn start(mut file: FileConfig) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        if file.data_dir.is_none() {
+            file.data_dir = Some(data.path().to_path_buf());
+        }
+        let config = Config::resolve(file, |_| None).expect("valid config");
+        let tls = config.tls.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (keyring, _) = cache_server::keys::load_keyring(&config).expect("keys");
+        let state = AppState::new(config, keyring).expect("state");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tls.map(|(c, k)| cache_server::serve::tls_acceptor(&c, &k).expect("tls"));
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = cache_server::router(state.clone());
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(cache_server::serve(
+                vec![Listener::Tcp(listener, acceptor)],
+                app,
+                0,
+                async {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(2),
+            ));
+        });
+        Server {
+            addr,
+            state,
+            data,
+            stop: Some(stop),
+            thread: Some(thread),
+            scheme,
+        }
+    }
+
+    /// Serves the store kept under `root` (a chroot store) as `/nix/store`.
+    pub fn for_root(root: &Path, key: Option<&TestKey>) -> Self {
+        Self::start(root_config(root, key))
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+}
+
+/// The config of a server for the store under `root`, signing with `key` (or not at all).
+pub fn root_config(root: &Path, key: Option<&TestKey>) -> FileConfig {
+    FileConfig {
+        real_nix_store: Some(root.join("nix/store")),
+        sign_key_paths: key.map(|k| vec![k.secret_file.clone()]).unwrap_or_default(),
+        no_signing: Some(key.is_none()),
+        ..Default::default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! `cairnd`'s configuration: one TOML file, every key also a flag. A Harmonia config
+//! file is accepted unchanged (same keys, same `CONFIG_FILE` and `SIGN_KEY_PATHS`
+//! environment variables), so a runner host swaps the binary and nothing else.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where to listen: a TCP address (`[::]:5000`, `127.0.0.1:5000`) or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl BindAddr {
+    pub fn parse(s: &str) -> Self {
+        match s.strip_prefix("unix:") {
+            Some(p) => BindAddr::Unix(PathBuf::from(p)),
+            None => BindAddr::Tcp(s.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindAddr::Tcp(a) => f.write_str(a),
+            BindAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How narinfos advertise NARs served from the local Nix store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NarinfoCompression {
+    /// `Compression: none`: identity on the wire, or zstd when the client's
+    /// `Accept-Encoding` asks for it (and `enable_compression` is on).
+    None,
+    /// `Compression: zstd` with a `.nar.zst` URL: compressed on the fly, for clients that
+    /// do not send `Accept-Encoding` (Nix before 2.20 or so).
+    Zstd,
+    /// `Compression: xz` with a `.nar.xz` URL: small on the wire, expensive to produce.
+    Xz,
+}
+
+impl NarinfoCompression {
+    pub fn name(self) -> &'static str {
+        match self {
+            NarinfoCompression::None => "none",
+            NarinfoCompression::Zstd => "zstd",
+            NarinfoCompression::Xz => "xz",
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// The config file. Every field is optional; unset fields take the defaults documented
+/// here (and in the README's configuration reference).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Addresses to listen on: `host:port` or `unix:/path`; a string or a list.
+    /// Default `[::]:5000`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub bind: Vec<String>,
+    /// Directory for Cairn's own state: the generated signing key, the cache of
+    /// compressed NAR variants. Default `./cairn-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads of the async runtime. Default: the number of CPUs.
+    pub workers: Option<usize>,
+    /// Most new connections accepted per second and listener (Harmonia's key).
+    /// Default 256.
+    pub max_connection_rate: Option<usize>,
+    /// `Priority` in nix-cache-info; lower wins. Default 30.
+    pub priority: Option<u32>,
+    /// Compress on the fly (zstd) when a client's `Accept-Encoding` allows it.
+    /// Default true.
+    pub enable_compression: Option<bool>,
+    /// What narinfos advertise for local-store NARs: none, zstd or xz. Default none.
+    pub narinfo_compression: Option<NarinfoCompression>,
+    /// zstd level for on-the-fly compression. Default 3.
+    pub zstd_level: Option<i32>,
+    /// xz preset for on-the-fly compression. Default 2.
+    pub xz_level: Option<u32>,
+    /// Most compressions running at once; more requests wait. Default: the number of
+    /// CPUs.
+    pub max_encoders: Option<usize>,
+    /// Bytes of compressed NAR variants kept on disk under `data_dir`; 0 turns the
+    /// variant cache off. Default 1 GiB.
+    pub variant_cache_bytes: Option<u64>,
+    /// Secret key files (`name:base64`); each adds a `Sig:` line. Default: a key
+    /// generated into `data_dir` on first start.
+    #[serde(default)]
+    pub sign_key_paths: Vec<PathBuf>,
+    /// One secret key file (Harmonia's older key; added to `sign_key_paths`).
+    pub sign_key_path: Option<PathBuf>,
+    /// Serve without any signing key (narinfos carry only the signatures Nix recorded).
+    pub no_signing: Option<bool>,
+    /// The store directory clients see. Default `/nix/store`.
+    pub virtual_nix_store: Option<String>,
+    /// Where the store's files really are. Default: `virtual_nix_store`.
+    pub real_nix_store: Option<PathBuf>,
+    /// Nix's SQLite database. Default `/nix/var/nix/db/db.sqlite`, or
+    /// `<root>/nix/var/nix/db/db.sqlite` when `real_nix_store` is `<root>/nix/store`.
+    pub nix_db_path: Option<PathBuf>,
+    /// Nix's build log directory. Default beside the database: `…/log/nix/drvs`.
+    pub nix_log_dir: Option<PathBuf>,
+    /// PEM certificate chain; with `tls_key_path`, TCP listeners speak HTTPS.
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key for `tls_cert_path`.
+    pub tls_key_path: Option<PathBuf>,
+    /// Harmonia's nix-daemon socket. Accepted for compatibility and ignored: Cairn
+    /// reads Nix's database directly.
+    pub daemon_socket: Option<PathBuf>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// The configuration after defaults, environment and flags are applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub binds: Vec<BindAddr>,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub max_connection_rate: usize,
+    pub priority: u32,
+    pub enable_compression: bool,
+    pub narinfo_compression: NarinfoCompression,
+    pub zstd_level: i32,
+    pub xz_level: u32,
+    pub max_encoders: usize,
+    pub variant_cache_bytes: u64,
+    pub sign_key_paths: Vec<PathBuf>,
+    pub no_signing: bool,
+    pub store_dir: String,
+    pub real_store_dir: PathBuf,
+    pub nix_db_path: PathBuf,
+    pub nix_log_dir: PathBuf,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+impl Config {
+    /// Applies defaults and Harmonia's environment variables (`SIGN_KEY_PATHS`,
+    /// `SIGN_KEY_PATH`, `NIX_STORE_DIR`) to a file config.
+    pub fn resolve(
+        file: FileConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let binds = if file.bind.is_empty() {
+            vec![BindAddr::Tcp("[::]:5000".into())]
+        } else {
+            file.bind.iter().map(|b| BindAddr::parse(b)).collect()
+        };
+        let mut sign_key_paths = file.sign_key_paths.clone();
+        sign_key_paths.extend(file.sign_key_path.clone());
+        sign_key_paths.extend(env("SIGN_KEY_PATH").map(PathBuf::from));
+        if let Some(list) = env("SIGN_KEY_PATHS") {
+            sign_key_paths.extend(list.split_whitespace().map(PathBuf::from));
+        }
+        let store_dir = env("NIX_STORE_DIR")
+            .or(file.virtual_nix_store.clone())
+            .unwrap_or_else(|| "/nix/store".into());
+        nix_formats::StoreDir::new(&store_dir)
+            .map_err(|e| ConfigError::Invalid(format!("virtual_nix_store {store_dir:?}: {e}")))?;
+        let real_store_dir = file
+            .real_nix_store
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&store_dir));
+        // A store under `<root>/nix/store` keeps its database under `<root>/nix/var`.
+        let state_root = real_store_dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let nix_db_path = file
+            .nix_db_path
+            .clone()
+            .unwrap_or_else(|| state_root.join("nix/var/nix/db/db.sqlite"));
+        let nix_log_dir = file.nix_log_dir.clone().unwrap_or_else(|| {
+            nix_db_path
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::parent)
+                .map(|var| var.join("log/nix/drvs"))
+                .unwrap_or_else(|| PathBuf::from("/nix/var/log/nix/drvs"))
+        });
+        let tls = match (file.tls_cert_path.clone(), file.tls_key_path.clone()) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert_path and tls_key_path go together".into(),
+                ))
+            }
+        };
+        let workers = file.workers.unwrap_or_else(cpus);
+        if workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        let max_encoders = file.max_encoders.unwrap_or_else(cpus);
+        if max_encoders == 0 {
+            return Err(ConfigError::Invalid(
+                "max_encoders must be at least 1".into(),
+            ));
+        }
+        let zstd_level = file.zstd_level.unwrap_or(3);
+        if !(1..=19).contains(&zstd_level) {
+            return Err(ConfigError::Invalid("zstd_level must be 1 to 19".into()));
+        }
+        let xz_level = file.xz_level.unwrap_or(2);
+        if xz_level > 9 {
+            return Err(ConfigError::Invalid("xz_level must be 0 to 9".into()));
+        }
+        Ok(Config {
+            binds,
+            data_dir: file
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("cairn-data")),
+            workers,
+            max_connection_rate: file.max_connection_rate.unwrap_or(256),
+            priority: file.priority.unwrap_or(30),
+            enable_compression: file.enable_compression.unwrap_or(true),
+            narinfo_compression: file.narinfo_compression.unwrap_or(NarinfoCompression::None),
+            zstd_level,
+            xz_level,
+            max_encoders,
+            variant_cache_bytes: file.variant_cache_bytes.unwrap_or(1 << 30),
+            sign_key_paths,
+            no_signing: file.no_signing.unwrap_or(false),
+            store_dir,
+            real_store_dir,
+            nix_db_path,
+            nix_log_dir,
+            tls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn harmonia_config_is_accepted_unchanged() {
+        let text = r#"
+bind = "[::]:5000"
+workers = 4
+max_connection_rate = 256
+priority = 30
+enable_compression = false
+sign_key_paths = ["/run/secrets/a", "/run/secrets/b"]
+sign_key_path = "/run/secrets/old"
+virtual_nix_store = "/nix/store"
+real_nix_store = "/some/root/nix/store"
+nix_db_path = "/some/root/nix/var/nix/db/db.sqlite"
+tls_cert_path = "/etc/cert.pem"
+tls_key_path = "/etc/key.pem"
+daemon_socket = "/nix/var/nix/daemon-socket/socket"
+"#;
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let env = |k: &str| (k == "SIGN_KEY_PATHS").then(|| "/env/c /env/d".to_string());
+        let c = Config::resolve(file, env).unwrap();
+        assert_eq!(c.binds, vec![BindAddr::Tcp("[::]:5000".into())]);
+        assert_eq!(c.workers, 4);
+        assert!(!c.enable_compression);
+        assert_eq!(
+            c.sign_key_paths,
+            [
+                "/run/secrets/a",
+                "/run/secrets/b",
+                "/run/secrets/old",
+                "/env/c",
+                "/env/d"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(c.real_store_dir, PathBuf::from("/some/root/nix/store"));
+        assert_eq!(
+            c.nix_log_dir,
+            PathBuf::from("/some/root/nix/var/log/nix/drvs")
+        );
+        assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn defaults_follow_the_real_store() {
+        let file = FileConfig {
+            real_nix_store: Some("/srv/root/nix/store".into()),
+            bind: vec!["unix:/run/cairn.sock".into(), "127.0.0.1:5001".into()],
+            ..Default::default()
+        };
+        let c = Config::resolve(file, no_env).unwrap();
+        assert_eq!(
+            c.nix_db_path,
+            PathBuf::from("/srv/root/nix/var/nix/db/db.sqlite")
+        );
+        assert_eq!(c.store_dir, "/nix/store");
+        assert_eq!(
+            c.binds,
+            vec![
+                BindAddr::Unix("/run/cairn.sock".into()),
+                BindAddr::Tcp("127.0.0.1:5001".into())
+            ]
+        );
+        assert_eq!(c.priority, 30);
+        assert!(c.enable_compression);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        assert!(toml::from_str::<FileConfig>("bindd = \"x\"").is_err());
+        let bad = FileConfig {
+            tls_cert_path: Some("/c".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(bad, no_env).is_err());
+        let bad = FileConfig {
+            workers: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::resolve(bad, no_env).is_err());
+        let bad = FileConfig {
+            virtual_nix_store: Some("nix/store".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(bad, no_env).is_err());
+    }
+}

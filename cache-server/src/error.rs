@@ -1,0 +1,70 @@
+//! The server's error type and its one exhaustive mapping to HTTP. Clients get a short
+//! reason; the log gets the detail; 5xx bodies never carry paths or OS errors.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The path, NAR, listing or log is not in this cache.
+    #[error("not found")]
+    NotFound,
+    /// A store path hash or NAR hash in the URL is not well formed.
+    #[error("malformed hash in URL")]
+    BadHash,
+    /// Some other part of the request is unusable.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A byte range outside the NAR; carries the NAR size for `Content-Range`.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable(u64),
+    /// Nix's database could not be read.
+    #[error("store database error")]
+    Store(#[from] store::StoreError),
+    /// A file of the store or of our data directory could not be read.
+    #[error("I/O error")]
+    Io(#[from] std::io::Error),
+    /// A blocking task died (panic or runtime shutdown).
+    #[error("internal task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ServerError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServerError::NotFound => StatusCode::NOT_FOUND,
+            ServerError::BadHash | ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServerError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ServerError::Store(_) | ServerError::Io(_) | ServerError::Task(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            // The detail (paths, OS errors) goes to the log only.
+            match &self {
+                ServerError::Store(e) => tracing::error!(error = %e, "store error"),
+                ServerError::Io(e) => tracing::error!(error = %e, "I/O error"),
+                ServerError::Task(e) => tracing::error!(error = %e, "task failed"),
+                ServerError::NotFound
+                | ServerError::BadHash
+                | ServerError::BadRequest(_)
+                | ServerError::RangeNotSatisfiable(_) => {}
+            }
+        }
+        let mut resp = (status, format!("{self}\n")).into_response();
+        if let ServerError::RangeNotSatisfiable(size) = self {
+            if let Ok(v) = format!("bytes */{size}").parse() {
+                resp.headers_mut()
+                    .insert(axum::http::header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+}

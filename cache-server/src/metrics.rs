@@ -1,0 +1,210 @@
+//! Prometheus metrics, kept by hand: a handful of counters and one latency histogram
+//! need no registry crate, and the hot path is a few relaxed atomic adds.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// The routes we count separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    CacheInfo,
+    Narinfo,
+    Nar,
+    Listing,
+    Log,
+    Landing,
+    Health,
+    Version,
+    Metrics,
+    Other,
+}
+
+const ROUTES: [Route; 10] = [
+    Route::CacheInfo,
+    Route::Narinfo,
+    Route::Nar,
+    Route::Listing,
+    Route::Log,
+    Route::Landing,
+    Route::Health,
+    Route::Version,
+    Route::Metrics,
+    Route::Other,
+];
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::CacheInfo => "nix-cache-info",
+            Route::Narinfo => "narinfo",
+            Route::Nar => "nar",
+            Route::Listing => "ls",
+            Route::Log => "log",
+            Route::Landing => "landing",
+            Route::Health => "health",
+            Route::Version => "version",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Status codes we count by exact value; anything else lands in "other".
+const STATUSES: [u16; 10] = [200, 206, 304, 400, 401, 403, 404, 416, 500, 503];
+/// Histogram bucket upper bounds in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Wire encodings we count bytes for.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding {
+    Identity,
+    Zstd,
+    Xz,
+}
+
+pub struct Metrics {
+    requests: Vec<AtomicU64>,
+    latency: Vec<AtomicU64>,
+    latency_sum_us: Vec<AtomicU64>,
+    bytes: [AtomicU64; 3],
+    pub variant_cache_hits: AtomicU64,
+    pub variant_cache_misses: AtomicU64,
+    pub nar_aborts: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let n = |k: usize| (0..k).map(|_| AtomicU64::new(0)).collect();
+        Metrics {
+            requests: n(ROUTES.len() * (STATUSES.len() + 1)),
+            latency: n(ROUTES.len() * (BUCKETS.len() + 1)),
+            latency_sum_us: n(ROUTES.len()),
+            bytes: Default::default(),
+            variant_cache_hits: AtomicU64::new(0),
+            variant_cache_misses: AtomicU64::new(0),
+            nar_aborts: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
+        let s = STATUSES
+            .iter()
+            .position(|&c| c == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[route.index() * (STATUSES.len() + 1) + s].fetch_add(1, Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|&ub| secs <= ub)
+            .unwrap_or(BUCKETS.len());
+        self.latency[route.index() * (BUCKETS.len() + 1) + b].fetch_add(1, Relaxed);
+        self.latency_sum_us[route.index()].fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    pub fn add_bytes(&self, enc: Encoding, n: u64) {
+        self.bytes[enc as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Renders the text exposition format. `signatures` is (made, cached).
+    pub fn render(&self, signatures: (u64, u64)) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP cairn_http_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE cairn_http_requests_total counter\n");
+        for r in ROUTES {
+            for (i, label) in STATUSES
+                .iter()
+                .map(|s| s.to_string())
+                .chain(std::iter::once("other".to_string()))
+                .enumerate()
+            {
+                let v = self.requests[r.index() * (STATUSES.len() + 1) + i].load(Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "cairn_http_requests_total{{route=\"{}\",status=\"{label}\"}} {v}",
+                        r.name()
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP cairn_http_request_duration_seconds Time to the response headers.\n");
+        out.push_str("# TYPE cairn_http_request_duration_seconds histogram\n");
+        for r in ROUTES {
+            let base = r.index() * (BUCKETS.len() + 1);
+            let mut cum = 0;
+            for (i, ub) in BUCKETS.iter().enumerate() {
+                cum += self.latency[base + i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "cairn_http_request_duration_seconds_bucket{{route=\"{}\",le=\"{ub}\"}} {cum}",
+                    r.name()
+                );
+            }
+            cum += self.latency[base + BUCKETS.len()].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "cairn_http_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {cum}",
+                r.name()
+            );
+            let sum = self.latency_sum_us[r.index()].load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "cairn_http_request_duration_seconds_sum{{route=\"{}\"}} {sum}\n\
+                 cairn_http_request_duration_seconds_count{{route=\"{}\"}} {cum}",
+                r.name(),
+                r.name()
+            );
+        }
+        out.push_str("# HELP cairn_nar_bytes_total NAR body bytes sent, by wire encoding.\n");
+        out.push_str("# TYPE cairn_nar_bytes_total counter\n");
+        for (i, enc) in ["identity", "zstd", "xz"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cairn_nar_bytes_total{{encoding=\"{enc}\"}} {}",
+                self.bytes[i].load(Relaxed)
+            );
+        }
+        let counters = [
+            (
+                "cairn_signatures_made_total",
+                "Signatures computed.",
+                signatures.0,
+            ),
+            (
+                "cairn_signatures_cached_total",
+                "Signatures served from the signature cache.",
+                signatures.1,
+            ),
+            (
+                "cairn_variant_cache_hits_total",
+                "Compressed NAR variants served from disk.",
+                self.variant_cache_hits.load(Relaxed),
+            ),
+            (
+                "cairn_variant_cache_misses_total",
+                "Compressed NAR variants produced on the fly.",
+                self.variant_cache_misses.load(Relaxed),
+            ),
+            (
+                "cairn_nar_stream_aborts_total",
+                "NAR streams aborted mid-way (read error or client gone).",
+                self.nar_aborts.load(Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        out
+    }
+}

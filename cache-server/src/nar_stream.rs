@@ -1,0 +1,247 @@
+//! NAR bodies: the archive is produced on a blocking thread (our NAR writer, optionally
+//! through a zstd or xz encoder) and handed to the async side in chunks over a bounded
+//! channel, so memory stays flat whatever the NAR size and a slow client slows the
+//! producer instead of growing a buffer.
+//!
+//! Anything that goes wrong mid-way (a file that vanished or changed size, a read
+//! error) is sent down the channel as an error, which makes hyper abort the connection:
+//! the client sees a short body against `Content-Length` (or an unterminated chunked
+//! body), never a clean end.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::metrics::{Encoding, Metrics};
+use crate::variants::VariantWriter;
+
+/// Size of the chunks handed to hyper.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between producer and connection.
+const DEPTH: usize = 4;
+
+/// A `Write` that forwards bytes in chunks to the response body, skipping the first
+/// `skip` bytes and refusing to go past `limit` (for ranges and for checking that the
+/// archive has the size the narinfo promised).
+struct ChunkSink {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: BytesMut,
+    skip: u64,
+    /// Bytes still allowed through after `skip`; `None` for no limit.
+    remaining: Option<u64>,
+    /// Bytes handed on (after skip), for the metrics.
+    sent: u64,
+}
+
+/// Marks the early stop of a range request: the producer ran past the range's end.
+#[derive(Debug)]
+struct RangeDone;
+impl std::fmt::Display for RangeDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("range complete")
+    }
+}
+impl std::error::Error for RangeDone {}
+
+impl ChunkSink {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>, skip: u64, limit: Option<u64>) -> Self {
+        ChunkSink {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+            skip,
+            remaining: limit,
+            sent: 0,
+        }
+    }
+
+    fn ship(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.sent += chunk.len() as u64;
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
+        self.buf.reserve(CHUNK);
+        Ok(())
+    }
+
+    fn fail(&self, e: io::Error) {
+        let _ = self.tx.blocking_send(Err(e));
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let total = data.len();
+        if self.skip > 0 {
+            let s = self.skip.min(data.len() as u64) as usize;
+            self.skip -= s as u64;
+            data = &data[s..];
+        }
+        if let Some(rem) = self.remaining {
+            if data.len() as u64 > rem {
+                data = &data[..rem as usize];
+                self.remaining = Some(0);
+                self.buf.extend_from_slice(data);
+                self.ship()?;
+                return Err(io::Error::other(RangeDone));
+            }
+            self.remaining = Some(rem - data.len() as u64);
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.ship()?;
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn is_range_done(e: &nix_formats::nar::NarWriteError) -> bool {
+    match e {
+        nix_formats::nar::NarWriteError::Output(io) => {
+            io.get_ref().is_some_and(|inner| inner.is::<RangeDone>())
+        }
+        _ => false,
+    }
+}
+
+/// What to produce.
+pub enum Plan {
+    /// The plain archive, `len` bytes starting at `start`. `nar_size` is what the
+    /// narinfo promised; an archive of any other size aborts the stream.
+    Identity { start: u64, len: u64, nar_size: u64 },
+    /// The archive through an encoder; `variant` keeps a copy for the variant cache.
+    Compressed {
+        encoding: Encoding,
+        level: u32,
+        permit: OwnedSemaphorePermit,
+        variant: Option<VariantWriter>,
+    },
+}
+
+/// Starts producing the NAR of `path` on the blocking pool and returns the body.
+pub fn spawn(path: PathBuf, plan: Plan, metrics: Arc<Metrics>) -> Body {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    tokio::task::spawn_blocking(move || produce(path, plan, tx, &metrics));
+    Body::from_stream(ReceiverStream::new(rx))
+}
+
+fn produce(path: PathBuf, plan: Plan, tx: mpsc::Sender<io::Result<Bytes>>, metrics: &Metrics) {
+    match plan {
+        Plan::Identity {
+            start,
+            len,
+            nar_size,
+        } => {
+            let whole = start == 0 && len == nar_size;
+            let mut sink = ChunkSink::new(tx, start, Some(len));
+            let result = nix_formats::nar::dump_path(&path, &mut sink);
+            let outcome = match result {
+                Ok(n) if n == nar_size => sink.ship(),
+                Ok(_) => Err(io::Error::other("archive size differs from the narinfo")),
+                // Running past the range's end is how a range stops early; for a whole
+                // NAR it means the archive grew since the narinfo was made.
+                Err(e) if !whole && is_range_done(&e) => Ok(()),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            metrics.add_bytes(Encoding::Identity, sink.sent);
+            if let Err(e) = outcome {
+                abort(metrics, &path, &e);
+                sink.fail(e);
+            }
+        }
+        Plan::Compressed {
+            encoding,
+            level,
+            permit,
+            variant,
+        } => {
+            let mut tee = Tee {
+                sink: ChunkSink::new(tx, 0, None),
+                variant,
+            };
+            let result = compress(&path, encoding, level, &mut tee).and_then(|()| tee.sink.ship());
+            drop(permit);
+            metrics.add_bytes(encoding, tee.sink.sent);
+            match result {
+                Ok(()) => {
+                    if let Some(v) = tee.variant.take() {
+                        v.commit();
+                    }
+                }
+                Err(e) => {
+                    abort(metrics, &path, &e);
+                    tee.sink.fail(e);
+                }
+            }
+        }
+    }
+}
+
+fn abort(metrics: &Metrics, path: &std::path::Path, e: &io::Error) {
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics.nar_aborts.fetch_add(1, Relaxed);
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        tracing::debug!(path = %path.display(), "client went away mid-NAR");
+    } else {
+        tracing::warn!(path = %path.display(), error = %e, "aborting NAR stream");
+    }
+}
+
+/// Writes to the client and, while that works, to the variant file too; a variant
+/// that fails to write is dropped (and its temp file removed) without disturbing the
+/// client.
+struct Tee {
+    sink: ChunkSink,
+    variant: Option<VariantWriter>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.sink.write(data)?;
+        if let Some(v) = &mut self.variant {
+            if v.write_all(data).is_err() {
+                self.variant = None;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compress(
+    path: &std::path::Path,
+    encoding: Encoding,
+    level: u32,
+    tee: &mut Tee,
+) -> io::Result<()> {
+    let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
+    match encoding {
+        Encoding::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(tee, level as i32)?;
+            enc.include_checksum(true)?;
+            nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
+            enc.finish()?;
+        }
+        Encoding::Xz => {
+            let mut enc = xz2::write::XzEncoder::new(tee, level);
+            nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
+            enc.finish()?;
+        }
+        Encoding::Identity => unreachable!("identity is not a compressed plan"),
+    }
+    Ok(())
+}

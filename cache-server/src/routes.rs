@@ -1,0 +1,538 @@
+//! The Nix binary cache protocol over the local store: nix-cache-info, narinfo, NARs
+//! (our URL, Harmonia's and nix-serve's shapes), `.ls` listings, build logs, and the
+//! operator endpoints.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use nix_formats::store_path::{parse_hash_part, HASH_PART_LEN};
+use nix_formats::{Hash, HashAlgo, NarInfo, StorePath};
+use store::PathInfo;
+
+use crate::config::NarinfoCompression;
+use crate::error::ServerError;
+use crate::metrics::{Encoding, Route};
+use crate::nar_stream::{self, Plan};
+use crate::state::AppState;
+
+type Shared = Arc<AppState>;
+
+/// The whole HTTP surface of a `cairnd`.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(landing))
+        .route("/nix-cache-info", get(cache_info))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/nar/{file}", get(nar))
+        .route("/log/{drv}", get(build_log))
+        .route("/{file}", get(by_hash))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+fn classify(path: &str) -> Route {
+    match path {
+        "/" => Route::Landing,
+        "/nix-cache-info" => Route::CacheInfo,
+        "/health" => Route::Health,
+        "/version" => Route::Version,
+        "/metrics" => Route::Metrics,
+        p if p.starts_with("/nar/") => Route::Nar,
+        p if p.starts_with("/log/") => Route::Log,
+        p if p.ends_with(".narinfo") => Route::Narinfo,
+        p if p.ends_with(".ls") => Route::Listing,
+        _ => Route::Other,
+    }
+}
+
+async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = classify(req.uri().path());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .observe(route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn landing(State(s): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        s.landing.clone(),
+    )
+        .into_response()
+}
+
+async fn cache_info(State(s): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/x-nix-cache-info")],
+        s.cache_info.clone(),
+    )
+        .into_response()
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    match s
+        .store
+        .query_by_hash_part("00000000000000000000000000000000")
+    {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unreadable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n").into_response()
+        }
+    }
+}
+
+async fn version() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            "{{\"name\":\"cairnd\",\"version\":\"{}\"}}\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    let c = s.keyring.counters();
+    let text = s.metrics.render((
+        c.signatures_made.load(std::sync::atomic::Ordering::Relaxed),
+        c.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `/<hash>.narinfo` and `/<hash>.ls`.
+async fn by_hash(
+    State(s): State<Shared>,
+    Path(file): Path<String>,
+) -> Result<Response, ServerError> {
+    if let Some(hash) = file.strip_suffix(".narinfo") {
+        narinfo(&s, hash)
+    } else if let Some(hash) = file.strip_suffix(".ls") {
+        listing(s, hash).await
+    } else {
+        Err(ServerError::NotFound)
+    }
+}
+
+/// Looks a path up by hash part: 400 for a malformed one, 404 for an unknown one.
+/// SQLite point lookups take microseconds, so they run inline rather than paying for a
+/// hop to the blocking pool.
+fn lookup(s: &AppState, hash: &str) -> Result<PathInfo, ServerError> {
+    parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    s.store
+        .query_by_hash_part(hash)?
+        .ok_or(ServerError::NotFound)
+}
+
+/// The narinfo URL and Compression we advertise for a local-store path. The URL keeps
+/// Harmonia's shape so URLs clients cached from Harmonia stay valid.
+fn nar_url(s: &AppState, info: &PathInfo) -> (String, &'static str) {
+    let nar = info.nar_hash.to_nix32();
+    let hash = info.path.hash_part();
+    match s.config.narinfo_compression {
+        NarinfoCompression::None => (format!("nar/{nar}.nar?hash={hash}"), "none"),
+        NarinfoCompression::Zstd => (format!("nar/{nar}.nar.zst?hash={hash}"), "zstd"),
+        NarinfoCompression::Xz => (format!("nar/{nar}.nar.xz?hash={hash}"), "xz"),
+    }
+}
+
+fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
+    let info = lookup(s, hash)?;
+    let (url, compression) = nar_url(s, &info);
+    let identity = compression == "none";
+    let mut ni = NarInfo {
+        store_dir: s.store.store_dir().clone(),
+        store_path: info.path.clone(),
+        url,
+        compression: compression.to_string(),
+        file_hash: identity.then(|| info.nar_hash.clone()),
+        file_size: identity.then_some(info.nar_size),
+        nar_hash: info.nar_hash.clone(),
+        nar_size: info.nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        system: None,
+        sigs: Vec::new(),
+        ca: info.ca.clone(),
+    };
+    let ours = s.keyring.sign(&ni.fingerprint());
+    // Our signatures first, then what Nix recorded (substituted or `nix store sign`ed),
+    // skipping any line we would repeat.
+    ni.sigs.extend(ours.iter().cloned());
+    for sig in &info.sigs {
+        if !ni.sigs.contains(sig) {
+            ni.sigs.push(sig.clone());
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], ni.render()).into_response())
+}
+
+async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {
+    let info = lookup(&s, hash)?;
+    let real = s.store.real_path(&info.path);
+    if std::fs::symlink_metadata(&real).is_err() {
+        return Err(ServerError::NotFound);
+    }
+    let json = tokio::task::spawn_blocking(move || -> Result<String, ServerError> {
+        // The listing needs NAR offsets, so run our writer into our reader.
+        let (reader, mut writer) = std::io::pipe()?;
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(move || nix_formats::nar::dump_path(&real, &mut writer));
+            let listed = nix_formats::nar::list(reader);
+            let produced = producer
+                .join()
+                .map_err(|_| std::io::Error::other("NAR writer panicked"))?;
+            produced.map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (_, root) = listed.map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(serde_json::json!({ "version": 1, "root": root }).to_string())
+        })
+    })
+    .await??;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// A NAR request's parsed file name.
+#[derive(Debug, PartialEq, Eq)]
+struct NarRequest {
+    out_hash: String,
+    nar_hash: Hash,
+    /// `""`, `"zst"` or `"xz"`.
+    ext: &'static str,
+}
+
+fn parse_nar_file(file: &str, query: Option<&str>) -> Result<NarRequest, ServerError> {
+    let (stem, ext) = if let Some(s) = file.strip_suffix(".nar") {
+        (s, "")
+    } else if let Some(s) = file.strip_suffix(".nar.zst") {
+        (s, "zst")
+    } else if let Some(s) = file.strip_suffix(".nar.xz") {
+        (s, "xz")
+    } else {
+        return Err(ServerError::NotFound);
+    };
+    let nar_len = nix_formats::nixbase32::encoded_len(32);
+    let (out_hash, nar) = match stem.split_once('-') {
+        // nix-serve: nar/<outhash>-<narhash>.nar
+        Some((out, nar)) => (out.to_string(), nar),
+        // Harmonia and Cairn: nar/<narhash>.nar?hash=<outhash>
+        None => {
+            let out = query
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("hash="))
+                .ok_or(ServerError::NotFound)?;
+            (out.to_string(), stem)
+        }
+    };
+    if out_hash.len() != HASH_PART_LEN || parse_hash_part(&out_hash).is_err() {
+        return Err(ServerError::BadHash);
+    }
+    if nar.len() != nar_len {
+        return Err(ServerError::BadHash);
+    }
+    let nar_hash = Hash::parse_digest(HashAlgo::Sha256, nar).map_err(|_| ServerError::BadHash)?;
+    Ok(NarRequest {
+        out_hash,
+        nar_hash,
+        ext,
+    })
+}
+
+/// A parsed single byte range, inclusive end.
+fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ServerError> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Several ranges: answer with the whole body, which RFC 9110 allows.
+        return Ok(None);
+    }
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or(ServerError::BadRequest("bad Range"))?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b
+            .parse()
+            .map_err(|_| ServerError::BadRequest("bad Range"))?;
+        if n == 0 {
+            return Err(ServerError::RangeNotSatisfiable(size));
+        }
+        (size.saturating_sub(n), size.saturating_sub(1))
+    } else {
+        let start: u64 = a
+            .parse()
+            .map_err(|_| ServerError::BadRequest("bad Range"))?;
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| ServerError::BadRequest("bad Range"))?
+                .min(size.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if range.0 >= size || range.0 > range.1 {
+        return Err(ServerError::RangeNotSatisfiable(size));
+    }
+    Ok(Some(range))
+}
+
+fn accepts_zstd(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let q_zero = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            name.eq_ignore_ascii_case("zstd") && !q_zero
+        })
+}
+
+async fn nar(
+    State(s): State<Shared>,
+    Path(file): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let req = parse_nar_file(&file, query.as_deref())?;
+    let info = lookup(&s, &req.out_hash)?;
+    if info.nar_hash != req.nar_hash {
+        return Err(ServerError::NotFound);
+    }
+    // Everything that can fail is decided before the headers go out: a path that
+    // vanished since its narinfo was served is a 404, not a broken body.
+    let real = s.store.real_path(&info.path);
+    if std::fs::symlink_metadata(&real).is_err() {
+        return Err(ServerError::NotFound);
+    }
+    let head = method == Method::HEAD;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let encoding = match req.ext {
+        "zst" => Encoding::Zstd,
+        "xz" => Encoding::Xz,
+        _ if range.is_none() && s.config.enable_compression && accepts_zstd(&headers) => {
+            Encoding::Zstd
+        }
+        _ => Encoding::Identity,
+    };
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .header(header::VARY, "Accept-Encoding");
+    if let Encoding::Identity = encoding {
+        builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        let size = info.nar_size;
+        let (status, start, len) = match range.map(|r| parse_range(r, size)).transpose()?.flatten()
+        {
+            Some((a, b)) => {
+                builder = builder.header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}"));
+                (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+            }
+            None => (StatusCode::OK, 0, size),
+        };
+        let body = if head || len == 0 {
+            Body::empty()
+        } else {
+            nar_stream::spawn(
+                real,
+                Plan::Identity {
+                    start,
+                    len,
+                    nar_size: size,
+                },
+                s.metrics.clone(),
+            )
+        };
+        return Ok(builder
+            .status(status)
+            .header(header::CONTENT_LENGTH, len)
+            .body(body)
+            .expect("valid response"));
+    }
+    let (variant_key, level) = match encoding {
+        Encoding::Zstd => (
+            format!("{}.zst{}", info.nar_hash.to_nix32(), s.config.zstd_level),
+            s.config.zstd_level as u32,
+        ),
+        Encoding::Xz => (
+            format!("{}.xz{}", info.nar_hash.to_nix32(), s.config.xz_level),
+            s.config.xz_level,
+        ),
+        Encoding::Identity => unreachable!("handled above"),
+    };
+    // A `.nar.zst` URL names a zstd file; a plain `.nar` URL gets zstd as a
+    // transfer-level encoding that the client undoes.
+    if req.ext.is_empty() {
+        builder = builder.header(header::CONTENT_ENCODING, "zstd");
+    }
+    if let Some((path, len)) = s.variants.get(&variant_key) {
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => {
+                s.metrics
+                    .variant_cache_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let body = if head {
+                    Body::empty()
+                } else {
+                    s.metrics.add_bytes(encoding, len);
+                    Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                        file,
+                        256 * 1024,
+                    ))
+                };
+                return Ok(builder
+                    .header(header::CONTENT_LENGTH, len)
+                    .body(body)
+                    .expect("valid response"));
+            }
+            Err(_) => s.variants.forget(&variant_key),
+        }
+    }
+    if head {
+        return Ok(builder.body(Body::empty()).expect("valid response"));
+    }
+    s.metrics
+        .variant_cache_misses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let permit = s
+        .encoders
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the encoder semaphore is never closed");
+    let variant = s.variants.begin(&variant_key);
+    let body = nar_stream::spawn(
+        real,
+        Plan::Compressed {
+            encoding,
+            level,
+            permit,
+            variant,
+        },
+        s.metrics.clone(),
+    );
+    Ok(builder.body(body).expect("valid response"))
+}
+
+async fn build_log(
+    State(s): State<Shared>,
+    Path(drv): Path<String>,
+) -> Result<Response, ServerError> {
+    let path = StorePath::from_base_name(&drv).map_err(|_| ServerError::BadHash)?;
+    if !path.name().ends_with(".drv") {
+        return Err(ServerError::NotFound);
+    }
+    let Some((file, compression)) = s.store.log_file(&path) else {
+        return Err(ServerError::NotFound);
+    };
+    let text = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let raw = std::fs::read(&file)?;
+        match compression {
+            store::local::LogCompression::None => Ok(raw),
+            store::local::LogCompression::Bzip2 => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut bzip2::read::BzDecoder::new(&raw[..]), &mut out)?;
+                Ok(out)
+            }
+        }
+    })
+    .await??;
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "00bgd045z0d4icpbc2yyz4gx48ak44la";
+    const NAR: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+
+    #[test]
+    fn nar_url_shapes() {
+        let ours = parse_nar_file(&format!("{NAR}.nar"), Some(&format!("hash={OUT}"))).unwrap();
+        assert_eq!(ours.out_hash, OUT);
+        assert_eq!(ours.ext, "");
+        let legacy = parse_nar_file(&format!("{OUT}-{NAR}.nar"), None).unwrap();
+        assert_eq!(legacy, ours);
+        let zst =
+            parse_nar_file(&format!("{NAR}.nar.zst"), Some(&format!("x=1&hash={OUT}"))).unwrap();
+        assert_eq!(zst.ext, "zst");
+        assert!(matches!(
+            parse_nar_file(&format!("{NAR}.nar"), None),
+            Err(ServerError::NotFound)
+        ));
+        assert!(matches!(
+            parse_nar_file(&format!("{NAR}.nar.bz2"), None),
+            Err(ServerError::NotFound)
+        ));
+        assert!(matches!(
+            parse_nar_file("../../etc/passwd.nar", Some(&format!("hash={OUT}"))),
+            Err(ServerError::BadHash)
+        ));
+        assert!(matches!(
+            parse_nar_file(
+                &format!("{NAR}.nar"),
+                Some("hash=../../../../../../../etc/passwd")
+            ),
+            Err(ServerError::BadHash)
+        ));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100).unwrap(), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100).unwrap(), Some((90, 99)));
+        assert_eq!(parse_range("bytes=50-1000", 100).unwrap(), Some((50, 99)));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100).unwrap(), None);
+        assert_eq!(parse_range("items=0-1", 100).unwrap(), None);
+        assert!(matches!(
+            parse_range("bytes=100-", 100),
+            Err(ServerError::RangeNotSatisfiable(100))
+        ));
+        assert!(matches!(
+            parse_range("bytes=5-2", 100),
+            Err(ServerError::RangeNotSatisfiable(100))
+        ));
+        assert!(parse_range("bytes=x-2", 100).is_err());
+    }
+
+    #[test]
+    fn accept_encoding() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_zstd(&h));
+        h.insert(header::ACCEPT_ENCODING, "gzip, zstd, br".parse().unwrap());
+        assert!(accepts_zstd(&h));
+        h.insert(header::ACCEPT_ENCODING, "zstd;q=0, gzip".parse().unwrap());
+        assert!(!accepts_zstd(&h));
+        h.insert(header::ACCEPT_ENCODING, "ZSTD;q=0.5".parse().unwrap());
+        assert!(accepts_zstd(&h));
+    }
+}
