@@ -214,6 +214,55 @@ impl std::io::Write for Sha256Hasher {
     }
 }
 
+/// A `Read` adapter that hashes (sha256) and counts every byte read through it: NarHash
+/// and NarSize of an archive, or FileHash and FileSize of a compressed upload, in the same
+/// pass that consumes the bytes.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256Hasher,
+    count: u64,
+}
+
+impl<R> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256Hasher::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes read through the adapter so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.count
+    }
+
+    /// The underlying reader. There is deliberately no `get_mut`: reading around the
+    /// adapter would leave bytes out of the hash.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The sha256 and count of everything read.
+    pub fn finish(self) -> (Hash, u64) {
+        (self.hasher.finish(), self.count)
+    }
+
+    /// Like [`finish`](Self::finish), and gives the underlying reader back.
+    pub fn into_parts(self) -> (R, Hash, u64) {
+        (self.inner, self.hasher.finish(), self.count)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +306,18 @@ mod tests {
             bad_nix32.parse::<Hash>(),
             Err(HashError::BadEncoding { .. })
         ));
+    }
+
+    #[test]
+    fn hashing_reader_sees_every_byte() {
+        use std::io::Read;
+        let data = vec![7u8; 100_000];
+        let mut r = HashingReader::new(&data[..]);
+        let mut small = [0u8; 3];
+        r.read_exact(&mut small).unwrap();
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(r.bytes_read(), 100_000);
+        assert_eq!(r.finish(), (Hash::sha256_of(&data), 100_000));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod narinfo;
 pub mod nixbase32;
 pub mod store_path;
 
-pub use hash::{Hash, HashAlgo, HashError};
+pub use hash::{Hash, HashAlgo, HashError, HashingReader, Sha256Hasher};
+pub use nar::{NarReadError, NarReader, NarSummary, NarWriteError};
 pub use narinfo::{NarInfo, NarInfoError};
 pub use store_path::{StoreDir, StorePath, StorePathError};

@@ -1,14 +1,49 @@
 //! NAR archives: a streaming writer from a directory tree, byte-identical to
-//! `nix-store --dump`, and a streaming reader/validator that yields NarHash, NarSize and
-//! the `.ls` listing. (Skeleton: implementation in progress.)
+//! `nix-store --dump` ([`dump_path`]), and a streaming pull-based reader that checks an
+//! archive is well formed while hashing it ([`NarReader`], with the one-call wrappers
+//! [`validate`] and [`list`]), plus the `.ls` listing JSON ([`listing_json`]).
+//!
+//! The format, as Nix writes it: every string is a little-endian u64 length, the bytes,
+//! and zero padding to a multiple of 8.
+//!
+//! ```text
+//! nar   = "nix-archive-1" node
+//! node  = "(" "type" ( "regular" ["executable" ""] "contents" <bytes>
+//!                    | "symlink" "target" <target>
+//!                    | "directory" entry* ) ")"
+//! entry = "entry" "(" "name" <name> "node" node ")"
+//! ```
+//!
+//! Entries are sorted by the bytes of their names and unique. The reader accepts exactly
+//! this canonical form (Nix's own parser tolerates a few reorderings, but Nix never
+//! writes them), so one tree has one archive and one NarHash.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+mod reader;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::hash::Hash;
+
+pub use reader::{NarContents, NarEvent, NarNode, NarReader};
+pub use writer::dump_path;
+
+/// The first string of every archive.
+pub(crate) const MAGIC: &[u8] = b"nix-archive-1";
+
+/// Longest entry name or symlink target the reader accepts. Linux's `PATH_MAX`: nothing
+/// Nix can restore is longer, and a hostile length field must not make us allocate.
+pub const MAX_STRING_LEN: u64 = 4096;
+
+/// Zero bytes that follow a string of `len` bytes.
+pub(crate) fn padding(len: u64) -> usize {
+    ((8 - len % 8) % 8) as usize
+}
 
 #[derive(Debug, Error)]
 pub enum NarWriteError {
@@ -17,10 +52,14 @@ pub enum NarWriteError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The output refused bytes. The `io::Error` is the writer's own, untouched, so a
+    /// caller can recognise an error it raised on purpose (e.g. to stop a range early).
     #[error("writing the archive: {0}")]
     Output(std::io::Error),
     #[error("{0} is not a regular file, directory or symlink")]
     UnsupportedType(PathBuf),
+    /// Never returned: names are archived as raw bytes, as Nix does, so a store path
+    /// holding a Latin-1 file name is still served. Kept so matches elsewhere compile.
     #[error("{0} has a name that is not valid UTF-8")]
     NonUtf8Name(PathBuf),
 }
@@ -43,6 +82,16 @@ pub enum NarReadError {
     BadPadding,
     #[error("trailing data after the archive")]
     TrailingData,
+    #[error("a name or symlink target is longer than {MAX_STRING_LEN} bytes")]
+    TooLong,
+    #[error("invalid symlink target")]
+    BadTarget,
+    /// The archive is valid, but a name or target is not UTF-8 and so has no JSON
+    /// listing (Nix's own listing fails the same way).
+    #[error("a name or symlink target is not valid UTF-8")]
+    NonUtf8,
+    #[error("the archive reader was used after it failed")]
+    Poisoned,
 }
 
 /// NarHash and NarSize of a complete archive.
@@ -67,21 +116,83 @@ pub enum ListingNode {
         target: String,
     },
     Directory {
-        entries: std::collections::BTreeMap<String, ListingNode>,
+        entries: BTreeMap<String, ListingNode>,
     },
 }
 
-/// Writes the NAR of the tree at `path` into `out`; returns the bytes written.
-pub fn dump_path(_path: &Path, _out: &mut impl Write) -> Result<u64, NarWriteError> {
-    todo!("NAR writer")
-}
-
 /// Reads a whole archive, checking it is well formed, and returns its hash and size.
-pub fn validate(_input: impl Read) -> Result<NarSummary, NarReadError> {
-    todo!("NAR validator")
+/// Reads to EOF: bytes after the archive are an error.
+pub fn validate(input: impl Read) -> Result<NarSummary, NarReadError> {
+    NarReader::new(input).finish()
 }
 
 /// Like [`validate`], and also returns the listing of the archive's root.
-pub fn list(_input: impl Read) -> Result<(NarSummary, ListingNode), NarReadError> {
-    todo!("NAR listing")
+pub fn list(input: impl Read) -> Result<(NarSummary, ListingNode), NarReadError> {
+    let mut reader = NarReader::new(input);
+    // Open directories: their name in the parent (None for the root) and entries so far.
+    let mut open: Vec<(Option<String>, BTreeMap<String, ListingNode>)> = Vec::new();
+    let mut root = None;
+    while let Some(event) = reader.next_event()? {
+        let (name, node) = match event {
+            NarEvent::Node {
+                name,
+                node: NarNode::Directory,
+            } => {
+                open.push((name.map(utf8).transpose()?, BTreeMap::new()));
+                continue;
+            }
+            NarEvent::Node { name, node } => (name.map(utf8).transpose()?, listing_leaf(node)?),
+            NarEvent::EndDirectory => {
+                let (name, entries) = open
+                    .pop()
+                    .ok_or(NarReadError::Malformed("unbalanced directory"))?;
+                (name, ListingNode::Directory { entries })
+            }
+        };
+        match (open.last_mut(), name) {
+            (Some((_, entries)), Some(name)) => {
+                entries.insert(name, node);
+            }
+            (None, None) => root = Some(node),
+            _ => return Err(NarReadError::Malformed("entry outside a directory")),
+        }
+    }
+    let summary = reader.finish()?;
+    let root = root.ok_or(NarReadError::Malformed("archive has no root"))?;
+    Ok((summary, root))
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, NarReadError> {
+    String::from_utf8(bytes).map_err(|_| NarReadError::NonUtf8)
+}
+
+fn listing_leaf(node: NarNode) -> Result<ListingNode, NarReadError> {
+    Ok(match node {
+        NarNode::Regular {
+            executable,
+            size,
+            nar_offset,
+        } => ListingNode::Regular {
+            size,
+            executable,
+            nar_offset,
+        },
+        NarNode::Symlink { target } => ListingNode::Symlink {
+            target: utf8(target)?,
+        },
+        NarNode::Directory => ListingNode::Directory {
+            entries: BTreeMap::new(),
+        },
+    })
+}
+
+/// The `.ls` document Nix clients fetch: `{"version":1,"root":<node>}`.
+pub fn listing_json(root: &ListingNode) -> String {
+    #[derive(Serialize)]
+    struct Listing<'a> {
+        version: u32,
+        root: &'a ListingNode,
+    }
+    serde_json::to_string(&Listing { version: 1, root })
+        .expect("a listing has string keys only, so it always serialises")
 }

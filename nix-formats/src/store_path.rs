@@ -134,8 +134,7 @@ impl Default for StoreDir {
 
 impl StoreDir {
     pub fn new(dir: &str) -> Result<Self, StorePathError> {
-        if !dir.starts_with('/') || (dir.len() > 1 && dir.ends_with('/')) || dir.contains("//")
-        {
+        if !dir.starts_with('/') || (dir.len() > 1 && dir.ends_with('/')) || dir.contains("//") {
             return Err(StorePathError::BadStoreDir);
         }
         Ok(StoreDir(dir.to_string()))
