@@ -196,3 +196,6 @@ pub fn listing_json(root: &ListingNode) -> String {
     serde_json::to_string(&Listing { version: 1, root })
         .expect("a listing has string keys only, so it always serialises")
 }
+
+#[cfg(test)]
+mod tests;

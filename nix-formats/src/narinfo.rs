@@ -322,3 +322,231 @@ pub fn fingerprint(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by `nix copy --to file://` (Nix 2.8), signed with `nix store sign`.
+    const SIGNED: &str = "\
+StorePath: /nix/store/33lpbm8skx86vnzkzbynk6h3qpqbbp1c-golden-b
+URL: nar/08vx6cip2cb3jxwzc247qfhc1nnkf6kpgac0jy33vvibsqzkqb3s.nar.xz
+Compression: xz
+FileHash: sha256:08vx6cip2cb3jxwzc247qfhc1nnkf6kpgac0jy33vvibsqzkqb3s
+FileSize: 304
+NarHash: sha256:02dgji62zgbkx9jii9dwx8raradf8pz03sssjl4xc85r1skhhmvm
+NarSize: 632
+References: 33lpbm8skx86vnzkzbynk6h3qpqbbp1c-golden-b 3xa6d6rjmpix3gcm468fr9h9asamhs34-golden-a qgc4awl7mw7nsa43r84wqczrqnsz9q0a-golden-text
+Deriver: z60x3h8a0gdsq4s7g639ydy7215aka5g-golden-b.drv
+Sig: golden-1:ssHDo8+J9viZHQI3rqeh/9F/Vwu91drEsnOPeZj7pmWO0zLwQFMpVRRSIVXUNttTZpQNE2cS2byVuBK4+6QPCQ==
+";
+
+    /// A path added with `nix-store --add`: no references (note the trailing space), CA.
+    const ADDED: &str = "\
+StorePath: /nix/store/if2qk5kd7ly6z29h8iixaab040gg7brn-added.txt
+URL: nar/0al2xxy2pbhmgi79rciqm11z1q0praxjb1kkk1prfccmf63yilgl.nar.xz
+Compression: xz
+FileHash: sha256:0al2xxy2pbhmgi79rciqm11z1q0praxjb1kkk1prfccmf63yilgl
+FileSize: 136
+NarHash: sha256:1hhxhxprf0ky7hrzwdnv2s258mwnkcavrmbklgg4hk6yz7gd7mqd
+NarSize: 128
+References: 
+CA: fixed:r:sha256:1hhxhxprf0ky7hrzwdnv2s258mwnkcavrmbklgg4hk6yz7gd7mqd
+";
+
+    const MINIMAL: &str = "\
+StorePath: /nix/store/if2qk5kd7ly6z29h8iixaab040gg7brn-added.txt
+URL: nar/x.nar
+NarHash: sha256:1hhxhxprf0ky7hrzwdnv2s258mwnkcavrmbklgg4hk6yz7gd7mqd
+NarSize: 128
+";
+
+    #[test]
+    fn parses_what_nix_writes() {
+        let ni = NarInfo::parse(SIGNED).unwrap();
+        assert_eq!(ni.store_dir.as_str(), "/nix/store");
+        assert_eq!(
+            ni.store_path.base_name(),
+            "33lpbm8skx86vnzkzbynk6h3qpqbbp1c-golden-b"
+        );
+        assert_eq!(ni.compression, "xz");
+        assert_eq!(ni.file_size, Some(304));
+        assert_eq!(ni.nar_size, 632);
+        assert_eq!(ni.references.len(), 3);
+        assert_eq!(ni.references[0], ni.store_path, "self-reference kept");
+        assert_eq!(ni.deriver.as_ref().unwrap().name(), "golden-b.drv");
+        assert_eq!(ni.sigs.len(), 1);
+        assert_eq!(ni.render(), SIGNED);
+        // Nix's own signature over exactly this string verifies (checked with the
+        // signer crate when this fixture was captured).
+        assert_eq!(
+            ni.fingerprint(),
+            "1;/nix/store/33lpbm8skx86vnzkzbynk6h3qpqbbp1c-golden-b;\
+             sha256:02dgji62zgbkx9jii9dwx8raradf8pz03sssjl4xc85r1skhhmvm;632;\
+             /nix/store/33lpbm8skx86vnzkzbynk6h3qpqbbp1c-golden-b,\
+             /nix/store/3xa6d6rjmpix3gcm468fr9h9asamhs34-golden-a,\
+             /nix/store/qgc4awl7mw7nsa43r84wqczrqnsz9q0a-golden-text"
+        );
+
+        let ni = NarInfo::parse(ADDED).unwrap();
+        assert!(ni.references.is_empty());
+        assert!(ni.ca.as_deref().unwrap().starts_with("fixed:r:sha256:"));
+        assert_eq!(ni.render(), ADDED);
+        assert!(ni.fingerprint().ends_with(";128;"), "{}", ni.fingerprint());
+    }
+
+    #[test]
+    fn defaults_and_leniencies() {
+        let ni = NarInfo::parse(MINIMAL).unwrap();
+        assert_eq!(ni.compression, DEFAULT_COMPRESSION);
+        assert_eq!((ni.file_hash.clone(), ni.file_size), (None, None));
+        let rendered = ni.render();
+        assert!(rendered.contains("Compression: bzip2\nNarHash"));
+        assert!(rendered.ends_with("NarSize: 128\nReferences: \n"));
+
+        // Unknown keys are ignored (and dropped), as Nix does; so is "Deriver:
+        // unknown-deriver"; the final newline may be missing; hashes in any encoding.
+        let text = format!(
+            "{MINIMAL}Frobnicate: yes\nFrobnicate: twice\nDeriver: unknown-deriver\n\
+             System: x86_64-linux\nFileHash: sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
+        let ni = NarInfo::parse(&text).unwrap();
+        assert_eq!(ni.deriver, None);
+        assert_eq!(ni.system.as_deref(), Some("x86_64-linux"));
+        assert_eq!(ni.file_hash, Some(Hash::sha256_of(b"")));
+        assert!(!ni.render().contains("Frobnicate"));
+        assert!(ni.render().contains("References: \nSystem: x86_64-linux\n"));
+
+        // Another store directory comes from the StorePath line.
+        let other = MINIMAL.replace("/nix/store/", "/gnu/store/");
+        let ni = NarInfo::parse(&other).unwrap();
+        assert_eq!(ni.store_dir.as_str(), "/gnu/store");
+        assert!(ni.fingerprint().starts_with("1;/gnu/store/if2q"));
+        assert_eq!(NarInfo::parse(&ni.render()).unwrap(), ni);
+    }
+
+    #[test]
+    fn field_order_of_render() {
+        let mut ni = NarInfo::parse(SIGNED).unwrap();
+        ni.system = Some("x86_64-linux".into());
+        ni.sigs.push("other-1:c2ln".into());
+        ni.ca = Some("text:sha256:0p2ak661524h4j7q6d7bz3aw0298b1dgww1gyrmirgb8mdwj20hl".into());
+        let keys: Vec<_> = ni
+            .render()
+            .lines()
+            .map(|l| l.split_once(": ").unwrap().0.to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "StorePath",
+                "URL",
+                "Compression",
+                "FileHash",
+                "FileSize",
+                "NarHash",
+                "NarSize",
+                "References",
+                "Deriver",
+                "System",
+                "Sig",
+                "Sig",
+                "CA"
+            ]
+        );
+        assert_eq!(NarInfo::parse(&ni.render()).unwrap(), ni);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        use NarInfoError as E;
+        let replace = |from: &str, to: &str| {
+            assert!(MINIMAL.contains(from), "{from}");
+            MINIMAL.replacen(from, to, 1)
+        };
+        let cases: Vec<(String, E)> = vec![
+            (String::new(), E::BadLine(1)),
+            (format!("{MINIMAL}\n"), E::BadLine(5)),
+            (format!("{MINIMAL}garbage\n"), E::BadLine(5)),
+            (replace("URL: ", "URL:"), E::BadLine(2)),
+            (format!("{MINIMAL}NarSize: 128\n"), E::Duplicate("NarSize")),
+            (format!("{MINIMAL}URL: y\n"), E::Duplicate("URL")),
+            (
+                format!("{MINIMAL}Compression: xz\nCompression: xz\n"),
+                E::Duplicate("Compression"),
+            ),
+            (replace("URL: nar/x.nar\n", ""), E::Missing("URL")),
+            (replace("NarSize: 128\n", ""), E::Missing("NarSize")),
+            (
+                replace(
+                    "NarHash: sha256:1hhxhxprf0ky7hrzwdnv2s258mwnkcavrmbklgg4hk6yz7gd7mqd\n",
+                    "",
+                ),
+                E::Missing("NarHash"),
+            ),
+            (
+                replace(
+                    "StorePath: /nix/store/if2qk5kd7ly6z29h8iixaab040gg7brn-added.txt\n",
+                    "",
+                ),
+                E::Missing("StorePath"),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(NarInfo::parse(&text), Err(want), "{text:?}");
+        }
+
+        let invalid = [
+            ("StorePath", replace("/nix/store/if2q", "nix/store/if2q")),
+            ("StorePath", replace("/nix/store/if2q", "/nix/store//if2q")),
+            ("StorePath", replace("if2qk5kd7ly6z29h8iixaab040gg7brn", "if2qk5kd7ly6z29h8iixaab040gg7bre")),
+            ("StorePath", replace("-added.txt", "")),
+            ("URL", replace("nar/x.nar", "")),
+            ("NarHash", replace("sha256:1hhx", "sha256:1hh")),
+            ("NarHash", replace("sha256:1hhx", "sha257:1hhx")),
+            ("NarHash", replace("sha256:1hhxhxprf0ky7hrzwdnv2s258mwnkcavrmbklgg4hk6yz7gd7mqd", "sha1:0000000000000000000000000000000000000000")),
+            ("NarSize", replace("NarSize: 128", "NarSize: 0")),
+            ("NarSize", replace("NarSize: 128", "NarSize: -1")),
+            ("NarSize", replace("NarSize: 128", "NarSize: +128")),
+            ("NarSize", replace("NarSize: 128", "NarSize: 128 ")),
+            ("NarSize", replace("NarSize: 128", "NarSize: 99999999999999999999999")),
+            ("FileSize", format!("{MINIMAL}FileSize: x\n")),
+            ("FileHash", format!("{MINIMAL}FileHash: md5:abc\n")),
+            ("References", format!("{MINIMAL}References: /nix/store/if2qk5kd7ly6z29h8iixaab040gg7brn-a\n")),
+            ("References", format!("{MINIMAL}References: if2qk5kd7ly6z29h8iixaab040gg7brn\n")),
+            ("Deriver", format!("{MINIMAL}Deriver: \n")),
+            ("Deriver", format!("{MINIMAL}Deriver: x.drv\n")),
+            ("Sig", format!("{MINIMAL}Sig: \n")),
+            ("Sig", format!("{MINIMAL}Sig: nocolon\n")),
+            ("CA", format!("{MINIMAL}CA: sha256:abc\n")),
+            ("CA", format!("{MINIMAL}CA: fixed:x:sha256:1hhxhxprf0ky7hrzwdnv2s258mwnkcavrmbklgg4hk6yz7gd7mqd\n")),
+            ("CA", format!("{MINIMAL}CA: text:sha256:1hhx\n")),
+        ];
+        for (field, text) in invalid {
+            match NarInfo::parse(&text) {
+                Err(E::Invalid { field: f, .. }) if f == field => {}
+                other => panic!("{field}: {text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fingerprint_with_other_store_dir() {
+        let dir = StoreDir::new("/tmp/store").unwrap();
+        let a = StorePath::from_base_name("if2qk5kd7ly6z29h8iixaab040gg7brn-a").unwrap();
+        let b = StorePath::from_base_name("3xa6d6rjmpix3gcm468fr9h9asamhs34-b").unwrap();
+        let h = Hash::sha256_of(b"");
+        assert_eq!(
+            fingerprint(&dir, &a, &h, 8, &[a.clone(), b]),
+            format!(
+                "1;/tmp/store/if2qk5kd7ly6z29h8iixaab040gg7brn-a;{h};8;\
+                 /tmp/store/if2qk5kd7ly6z29h8iixaab040gg7brn-a,\
+                 /tmp/store/3xa6d6rjmpix3gcm468fr9h9asamhs34-b"
+            )
+        );
+        assert_eq!(
+            fingerprint(&dir, &a, &h, 8, &[]),
+            format!("1;/tmp/store/if2qk5kd7ly6z29h8iixaab040gg7brn-a;{h};8;")
+        );
+    }
+}
