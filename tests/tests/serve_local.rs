@@ -307,7 +307,8 @@ fn narinfo_is_signed_and_matches_nix() {
         assert_eq!(r.header("content-type"), Some("text/x-nix-narinfo"));
         let ni = NarInfo::parse(&r.text()).unwrap();
         assert_eq!(StoreDir::default().display(&ni.store_path), full);
-        assert_eq!(ni.nar_hash.to_string(), entry["narHash"].as_str().unwrap());
+        let nix_hash: nix_formats::Hash = entry["narHash"].as_str().unwrap().parse().unwrap();
+        assert_eq!(ni.nar_hash, nix_hash);
         assert_eq!(ni.nar_size, entry["narSize"].as_u64().unwrap());
         // Two keys, two signatures, in order, both valid.
         assert_eq!(ni.sigs.len(), 2, "{:?}", ni.sigs);
@@ -414,7 +415,8 @@ fn nar_urls_encodings_ranges_and_listing() {
         assert_eq!(r.header("content-encoding"), Some("zstd"));
         let plain = zstd::decode_all(r.bytes()).unwrap();
         assert_eq!(plain, expected);
-        assert!(r.bytes().len() < expected.len() / 2, "compressed");
+        // The fixture is mostly random bytes, so only "smaller" is certain.
+        assert!(r.bytes().len() < expected.len(), "compressed");
     }
 
     // xz and zstd through the URL.
@@ -520,7 +522,7 @@ fn error_cases() {
             format!("{u}/e0000000000000000000000000000000.narinfo"),
             &[400],
         ),
-        (format!("{u}/{h}.ls").replace(&h[..1], "u"), &[400, 404]),
+        (format!("{u}/u{}.ls", &h[1..]), &[400]),
         // NAR with a NarHash that does not belong to the path.
         (format!("{u}/nar/{}.nar?hash={h}", "1".repeat(52)), &[404]),
         (
