@@ -249,18 +249,23 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 fn narinfo() -> impl Strategy<Value = NarInfo> {
-    let dir = prop_oneof![
-        Just("/nix/store".to_string()),
-        "(/[a-z0-9._-]{1,8}){1,3}"
-    ];
+    let dir = prop_oneof![Just("/nix/store".to_string()), "(/[a-z0-9._-]{1,8}){1,3}"];
     let ca = (
-        prop_oneof![Just("text"), Just("fixed"), Just("fixed:r"), Just("fixed:git")],
+        prop_oneof![
+            Just("text"),
+            Just("fixed"),
+            Just("fixed:r"),
+            Just("fixed:git")
+        ],
         any_hash(),
     )
         .prop_map(|(m, h)| format!("{m}:{h}"));
     let sig = ("[a-z0-9.-]{1,20}", vec(any::<u8>(), 64)).prop_map(|(k, s)| {
         use base64::Engine;
-        format!("{k}:{}", base64::engine::general_purpose::STANDARD.encode(s))
+        format!(
+            "{k}:{}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
     });
     (
         (
