@@ -97,6 +97,9 @@ fn listing_json_shape() {
     assert_eq!(&nar[400..402], b"#!");
 }
 
+/// What is wrong, the archive, and whether the error names that defect.
+type Rejection = (&'static str, Vec<u8>, fn(&NarReadError) -> bool);
+
 #[test]
 fn rejects_malformed_archives() {
     use NarReadError as E;
@@ -122,7 +125,7 @@ fn rejects_malformed_archives() {
     huge_contents.extend_from_slice(&(1u64 << 62).to_le_bytes());
     let long_name = vec![b'a'; MAX_STRING_LEN as usize + 1];
 
-    let cases: Vec<(&str, Vec<u8>, fn(&NarReadError) -> bool)> = vec![
+    let cases: Vec<Rejection> = vec![
         ("empty input", vec![], |e| matches!(e, E::Truncated)),
         (
             "wrong magic",
