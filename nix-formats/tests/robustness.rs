@@ -247,7 +247,7 @@ fn token_soup() {
             }
         }
         for _ in 0..tokens {
-            put(&mut nar, rng.pick(vocabulary));
+            put(&mut nar, rng.pick::<&[u8]>(vocabulary));
         }
         let what = || format!("seed {seed:#x}, case {case}");
         check_nar(&nar, &mut restores_left, &what);
