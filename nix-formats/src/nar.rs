@@ -40,6 +40,12 @@ pub(crate) const MAGIC: &[u8] = b"nix-archive-1";
 /// Nix can restore is longer, and a hostile length field must not make us allocate.
 pub const MAX_STRING_LEN: u64 = 4096;
 
+/// Deepest directory nesting the reader accepts. Nix dumps and restores trees by full
+/// path, and `PATH_MAX` (4096 bytes, at least two per level) bounds those well below
+/// this; the cap keeps a hostile archive from building a listing so deep that dropping
+/// or serialising it overflows the stack.
+pub const MAX_DEPTH: usize = 2048;
+
 /// Zero bytes that follow a string of `len` bytes.
 pub(crate) fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
@@ -84,6 +90,8 @@ pub enum NarReadError {
     TrailingData,
     #[error("a name or symlink target is longer than {MAX_STRING_LEN} bytes")]
     TooLong,
+    #[error("directories nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
     #[error("invalid symlink target")]
     BadTarget,
     /// The archive is valid, but a name or target is not UTF-8 and so has no JSON

@@ -1,11 +1,11 @@
 //! The NAR reader: a pull parser over any `Read` that hashes and counts every byte it
 //! consumes and rejects anything but a canonical archive. Memory stays bounded by the
-//! nesting depth: names and targets are capped at [`MAX_STRING_LEN`] and file contents
+//! nesting depth (at most [`MAX_DEPTH`]): names and targets are capped at [`MAX_STRING_LEN`] and file contents
 //! are streamed, never held.
 
 use std::io::{self, BufReader, Read};
 
-use super::{padding, NarReadError, NarSummary, MAGIC, MAX_STRING_LEN};
+use super::{padding, NarReadError, NarSummary, MAGIC, MAX_DEPTH, MAX_STRING_LEN};
 use crate::hash::HashingReader;
 
 /// What the reader found next, in archive order (depth first, entries sorted).
@@ -243,6 +243,9 @@ impl<R: Read> NarReader<R> {
             self.state = State::AfterNode;
             Ok(NarNode::Symlink { target })
         } else if kind.is(b"directory") {
+            if self.dirs.len() >= MAX_DEPTH {
+                return Err(NarReadError::TooDeep);
+            }
             self.dirs.push(None);
             self.state = State::DirBody;
             Ok(NarNode::Directory)

@@ -255,6 +255,28 @@ fn every_truncation_is_rejected() {
     }
 }
 
+fn nested(depth: usize) -> Vec<u8> {
+    let mut n = Nar::new();
+    for _ in 0..depth {
+        n = n.tokens(&["(", "type", "directory"]).entry(b"d");
+    }
+    n = n.file(b"deep");
+    for _ in 0..depth {
+        n = n.tokens(&[")", ")"]);
+    }
+    n.0
+}
+
+#[test]
+fn nesting_is_capped() {
+    // The deepest allowed listing drops and serialises on a test thread's stack.
+    let (_, root) = list(&nested(MAX_DEPTH)[..]).unwrap();
+    assert!(listing_json(&root).contains(r#""size":4"#));
+    drop(root);
+    let err = validate(&nested(MAX_DEPTH + 1)[..]).unwrap_err();
+    assert!(matches!(err, NarReadError::TooDeep), "{err:?}");
+}
+
 #[test]
 fn names_compare_as_bytes() {
     // Byte order, not locale or Unicode order: "B" < "a" < "a-b" < "ab" < "é".
