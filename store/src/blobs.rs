@@ -1,0 +1,316 @@
+//! Cairn's blob store: compressed NARs kept exactly as they were uploaded, one file per
+//! FileHash at `<root>/blobs/<first 2 nix32 chars>/<nix32 file hash>`.
+//!
+//! This module owns that directory layout, the staging area for uploads in flight
+//! (`<root>/staging`), the free-space reserve, durable placement (fsync, no-clobber
+//! rename, fsync the directory) and removal. The one-pass ingest pipeline (hash the
+//! compressed bytes, decompress, validate the NAR, write to staging) is the `ingest`
+//! submodule. What a blob holds and which store paths use it is recorded
+//! in [`crate::meta`]; the blob store itself knows only files and hashes.
+//!
+//! One `BlobStore` owns a root at a time: it holds an exclusive `flock` on `<root>/lock`,
+//! because opening deletes whatever is left in staging, which must never be the uploads
+//! in flight of another live process.
+
+mod ingest;
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use nix_formats::Hash;
+use parking_lot::Mutex;
+use rustix::fs::FlockOperation;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// How a blob is compressed: the narinfo `Compression` values Cairn stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+    Xz,
+    Bzip2,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 4] = [
+        Compression::None,
+        Compression::Zstd,
+        Compression::Xz,
+        Compression::Bzip2,
+    ];
+
+    /// The narinfo `Compression` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Bzip2 => "bzip2",
+        }
+    }
+
+    /// Parses a narinfo `Compression` value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// What follows `.nar` in the file's URL.
+    pub const fn ext(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Zstd => ".zst",
+            Compression::Xz => ".xz",
+            Compression::Bzip2 => ".bz2",
+        }
+    }
+
+    /// Parses what follows `.nar` in a URL (`""`, `".zst"`, `".xz"`, `".bz2"`).
+    pub fn from_ext(ext: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.ext() == ext)
+    }
+}
+
+/// What an ingest verified and stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// sha256 of the bytes as uploaded (and stored).
+    pub file_hash: Hash,
+    pub file_size: u64,
+    /// sha256 of the decompressed archive.
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    pub compression: Compression,
+}
+
+/// Why a blob operation failed. Each cause is its own variant so the HTTP layer maps
+/// them one by one: the texts of `FileHashMismatch`, `NotANar`, `Decompress`, `TooLarge`
+/// and `InsufficientStorage` are safe to show an uploader; `Io` and `Body` carry OS
+/// detail meant for the log.
+#[derive(Debug, Error)]
+pub enum BlobError {
+    /// The blob store's own files (staging, blobs, directories) failed.
+    #[error("blob store I/O error: {0}")]
+    Io(#[source] io::Error),
+    /// Reading the upload body failed (the client went away, a transfer encoding broke).
+    #[error("reading the upload body: {0}")]
+    Body(#[source] io::Error),
+    /// The disk cannot take the bytes without eating into the reserve. `available` is
+    /// the space left above the reserve; during an ingest `needed` is what had been
+    /// received when space ran out (a lower bound).
+    #[error("not enough space: {needed} bytes needed, {available} available")]
+    InsufficientStorage { needed: u64, available: u64 },
+    /// The body has more than `max` compressed bytes; reading stopped there.
+    #[error("upload larger than {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("upload hashes to {actual}, not {expected}")]
+    FileHashMismatch { expected: Hash, actual: Hash },
+    /// The (decompressed) body is not one well-formed NAR; the reason is the reader's.
+    #[error("not a valid NAR: {0}")]
+    NotANar(String),
+    /// The body is not a valid stream of its compression, or has data after its end.
+    #[error("does not decompress: {0}")]
+    Decompress(String),
+}
+
+/// Content-addressed blobs under one root directory. `Send + Sync`; share it.
+#[derive(Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    staging: PathBuf,
+    reserve_bytes: u64,
+    /// Fan-out directories under `blobs` whose entry in `blobs` is known to be durable.
+    /// A blob is acknowledged only when its whole path is, so creating one of these
+    /// fsyncs `blobs` first, under this lock so a concurrent ingest cannot skip it.
+    durable_dirs: Mutex<HashSet<String>>,
+    /// Held open for the lifetime of the store: its `flock` is the ownership of `root`.
+    _lock: File,
+}
+
+impl BlobStore {
+    /// Opens (creating) the store under `root`: takes the lock, creates `blobs/` and
+    /// `staging/`, and deletes whatever a previous process left in staging.
+    /// `reserve_bytes` of the disk are kept free: uploads that would eat into them fail.
+    pub fn open(root: &Path, reserve_bytes: u64) -> Result<Self, BlobError> {
+        fs::create_dir_all(root).map_err(BlobError::Io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))
+            .map_err(BlobError::Io)?;
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+            if e == rustix::io::Errno::WOULDBLOCK {
+                BlobError::Io(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another blob store", root.display()),
+                ))
+            } else {
+                BlobError::Io(e.into())
+            }
+        })?;
+        let blobs = root.join("blobs");
+        let staging = root.join("staging");
+        fs::create_dir_all(&blobs).map_err(BlobError::Io)?;
+        fs::create_dir_all(&staging).map_err(BlobError::Io)?;
+        let removed = clear_dir(&staging).map_err(BlobError::Io)?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed uploads left in staging by an earlier process"
+            );
+        }
+        // Whatever is visible now is made durable once; later creations fsync as they go.
+        sync_dir(root).map_err(BlobError::Io)?;
+        sync_dir(&blobs).map_err(BlobError::Io)?;
+        let mut durable = HashSet::new();
+        for entry in fs::read_dir(&blobs).map_err(BlobError::Io)? {
+            let entry = entry.map_err(BlobError::Io)?;
+            if let Ok(name) = entry.file_name().into_string() {
+                durable.insert(name);
+            }
+        }
+        Ok(BlobStore {
+            root: root.to_path_buf(),
+            blobs,
+            staging,
+            reserve_bytes,
+            durable_dirs: Mutex::new(durable),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where uploads in flight are written; empty whenever no ingest is running.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    pub fn reserve_bytes(&self) -> u64 {
+        self.reserve_bytes
+    }
+
+    /// Space on the store's disk beyond the reserve.
+    pub fn available(&self) -> Result<u64, BlobError> {
+        Ok(self
+            .free_bytes()
+            .map_err(BlobError::Io)?
+            .saturating_sub(self.reserve_bytes))
+    }
+
+    /// Fails with `InsufficientStorage` unless `needed` more bytes fit above the reserve.
+    /// Call it with a declared `Content-Length` before reading a body.
+    pub fn check_space(&self, needed: u64) -> Result<(), BlobError> {
+        let available = self.available()?;
+        if available < needed {
+            return Err(BlobError::InsufficientStorage { needed, available });
+        }
+        Ok(())
+    }
+
+    /// Streams an upload into the store in one pass, verifying it on the way. Blocking:
+    /// run it off the async threads.
+    ///
+    /// The compressed bytes are hashed and counted (FileHash, FileSize), decompressed
+    /// according to `compression` and validated as exactly one NAR (NarHash, NarSize);
+    /// at most `max_bytes` compressed bytes are read. `expected_file_hash`, when given,
+    /// must match after EOF. Only a verified blob is renamed into place, after an
+    /// fsync; on any error nothing is left behind. Ingesting a blob that is already
+    /// stored succeeds and keeps the stored file.
+    pub fn ingest(
+        &self,
+        body: impl Read,
+        compression: Compression,
+        expected_file_hash: Option<&Hash>,
+        max_bytes: u64,
+    ) -> Result<Ingested, BlobError> {
+        ingest::ingest(self, body, compression, expected_file_hash, max_bytes)
+    }
+
+    /// The stored file and its length, or `None` when there is no such blob.
+    pub fn open_blob(&self, file_hash: &Hash) -> Result<Option<(File, u64)>, BlobError> {
+        let file = match File::open(self.blob_path(file_hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BlobError::Io(e)),
+        };
+        let len = file.metadata().map_err(BlobError::Io)?.len();
+        Ok(Some((file, len)))
+    }
+
+    pub fn contains(&self, file_hash: &Hash) -> bool {
+        fs::metadata(self.blob_path(file_hash)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Deletes a blob; a missing blob is not an error. Unregister it first (invariant 3).
+    pub fn remove(&self, file_hash: &Hash) -> Result<(), BlobError> {
+        let path = self.blob_path(file_hash);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(BlobError::Io(e)),
+        }
+        sync_dir(path.parent().expect("a blob path has a fan-out directory")).map_err(BlobError::Io)
+    }
+
+    /// `<root>/blobs/<first 2 nix32 chars>/<nix32 file hash>`.
+    pub fn blob_path(&self, file_hash: &Hash) -> PathBuf {
+        let name = file_hash.to_nix32();
+        self.blobs.join(&name[..2]).join(&name)
+    }
+
+    /// Free bytes on the store's disk for an unprivileged writer.
+    fn free_bytes(&self) -> io::Result<u64> {
+        let st = rustix::fs::statvfs(&self.root)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Creates the fan-out directory of `path` if needed and makes its entry durable.
+    fn ensure_fanout_dir(&self, path: &Path) -> io::Result<()> {
+        let dir = path.parent().expect("a blob path has a fan-out directory");
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("fan-out directory names are nix32")
+            .to_string();
+        let mut durable = self.durable_dirs.lock();
+        if durable.contains(&name) {
+            return Ok(());
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(&self.blobs)?;
+        durable.insert(name);
+        Ok(())
+    }
+}
+
+/// fsync of a directory, so the entries created or removed in it survive a crash.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Deletes everything in `dir`; returns how many entries there were.
+fn clear_dir(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}

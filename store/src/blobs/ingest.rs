@@ -1,0 +1,321 @@
+//! The one-pass ingest of an upload:
+//!
+//! ```text
+//! body ─> Intake ─────────────> decompressor ─> NarReader
+//!         │ cap max_bytes                        NarHash, NarSize,
+//!         │ staging file (buffered)              canonical form, EOF
+//!         │ sha256 + count: FileHash, FileSize
+//!         │ free space vs. reserve, every MiB
+//! ```
+//!
+//! [`Intake`] is the only reader of the body, and it hands a byte on only after writing
+//! it to the staging file and the hasher, so whatever the decompressor and the NAR
+//! reader consume is exactly what gets stored and hashed. Once the NAR reader has seen
+//! the archive end and the decompressed stream end, the intake must be at EOF too: data
+//! after the end of the compressed stream is an error, never silently stored. Only then
+//! is the FileHash compared, the staging file flushed, fsynced and renamed into place.
+//!
+//! Failures are recorded where they happen (the intake knows about the body, the disk
+//! and the cap; the decoder watch knows about the codec) and take precedence in that
+//! order over what the NAR reader makes of the broken stream, so a full disk is never
+//! reported as a corrupt upload. The staging file is a `tempfile::NamedTempFile`, whose
+//! drop removes it: every early return cleans up.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+
+use nix_formats::nar::{self, NarReadError, NarSummary};
+use nix_formats::{Hash, Sha256Hasher};
+use tempfile::NamedTempFile;
+
+use super::{BlobError, BlobStore, Compression, Ingested};
+
+/// Write buffer of the staging file: body chunks arrive in whatever sizes the network
+/// delivers; the disk sees large writes.
+const STAGING_BUFFER: usize = 256 * 1024;
+
+/// How often (in compressed bytes received) free space is checked against the reserve,
+/// so an upload without a declared length cannot eat into it either. A `statvfs` per
+/// MiB costs nothing next to hashing and decompressing that MiB.
+const SPACE_CHECK_INTERVAL: u64 = 1 << 20;
+
+/// Decoder memory cap for xz. `xz -9e` needs 65 MiB to decode; the cap keeps a hostile
+/// header from making us reserve a 1.5 GiB dictionary.
+const XZ_MEMLIMIT: u64 = 256 << 20;
+
+pub(super) fn ingest(
+    store: &BlobStore,
+    body: impl Read,
+    compression: Compression,
+    expected_file_hash: Option<&Hash>,
+    max_bytes: u64,
+) -> Result<Ingested, BlobError> {
+    // Removed on drop: any `?` below leaves nothing behind.
+    let staging = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempfile_in(&store.staging)
+        .map_err(|e| store.write_error(e, 0))?;
+    let (summary, file_hash, file_size) = receive(
+        store,
+        staging.as_file(),
+        body,
+        compression,
+        expected_file_hash,
+        max_bytes,
+    )?;
+    place(store, staging, &file_hash)?;
+    Ok(Ingested {
+        file_hash,
+        file_size,
+        nar_hash: summary.nar_hash,
+        nar_size: summary.nar_size,
+        compression,
+    })
+}
+
+/// Streams `body` into `staging` while verifying it, then makes the file durable.
+/// Returns the NAR summary, FileHash and FileSize.
+fn receive(
+    store: &BlobStore,
+    staging: &File,
+    body: impl Read,
+    compression: Compression,
+    expected_file_hash: Option<&Hash>,
+    max_bytes: u64,
+) -> Result<(NarSummary, Hash, u64), BlobError> {
+    let mut intake = Intake::new(store, body, staging, max_bytes);
+    let summary = match validate(&mut intake, compression) {
+        Ok(summary) => summary,
+        Err(e) => return Err(intake.failure.take().unwrap_or(e)),
+    };
+    intake.expect_eof(compression)?;
+    let (file_hash, file_size, writer) = intake.finish();
+    if let Some(expected) = expected_file_hash {
+        if *expected != file_hash {
+            return Err(BlobError::FileHashMismatch {
+                expected: expected.clone(),
+                actual: file_hash,
+            });
+        }
+    }
+    writer
+        .into_inner()
+        .map_err(|e| store.write_error(e.into_error(), file_size))?
+        .sync_all()
+        .map_err(|e| store.write_error(e, file_size))?;
+    Ok((summary, file_hash, file_size))
+}
+
+/// Renames a verified, fsynced staging file to its blob path without replacing an
+/// existing blob (same hash, same bytes: the re-upload is dropped), then fsyncs the
+/// directory so the blob survives a crash once we acknowledge it.
+fn place(store: &BlobStore, staging: NamedTempFile, file_hash: &Hash) -> Result<(), BlobError> {
+    let dest = store.blob_path(file_hash);
+    store.ensure_fanout_dir(&dest).map_err(BlobError::Io)?;
+    match staging.persist_noclobber(&dest) {
+        Ok(_) => {}
+        // Dropping the returned temp file removes the staging copy.
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => drop(e.file),
+        Err(e) => return Err(BlobError::Io(e.error)),
+    }
+    // Also when the blob existed: a concurrent ingest may have renamed it a moment ago
+    // and not yet made the rename durable.
+    super::sync_dir(dest.parent().expect("a blob path has a fan-out directory"))
+        .map_err(BlobError::Io)
+}
+
+/// Decompresses and validates, returning NarHash and NarSize. The error is what the
+/// codec or the NAR reader saw; the caller prefers the intake's own failure, if any.
+fn validate<R: Read>(
+    intake: &mut Intake<'_, R>,
+    compression: Compression,
+) -> Result<NarSummary, BlobError> {
+    let mut codec_error = None;
+    let result = match compression {
+        Compression::None => nar::validate(&mut *intake),
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(&mut *intake).map_err(BlobError::Io)?;
+            nar::validate(DecoderWatch::new(decoder, &mut codec_error))
+        }
+        Compression::Xz => {
+            // Concatenated streams (and the padding between them) are valid xz.
+            let stream =
+                xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, xz2::stream::CONCATENATED)
+                    .map_err(|e| BlobError::Io(e.into()))?;
+            let decoder = xz2::read::XzDecoder::new_stream(&mut *intake, stream);
+            nar::validate(DecoderWatch::new(decoder, &mut codec_error))
+        }
+        Compression::Bzip2 => {
+            let decoder = bzip2::read::MultiBzDecoder::new(&mut *intake);
+            nar::validate(DecoderWatch::new(decoder, &mut codec_error))
+        }
+    };
+    match (result, codec_error) {
+        (Ok(summary), _) => Ok(summary),
+        // Checked first: a codec failing at a truncated input reports UnexpectedEof,
+        // which the NAR reader would call a truncated archive.
+        (Err(_), Some(reason)) => Err(BlobError::Decompress(reason)),
+        (Err(NarReadError::Io(e)), None) => Err(BlobError::Io(e)),
+        (Err(e), None) => Err(BlobError::NotANar(e.to_string())),
+    }
+}
+
+/// The error the intake hands its reader after it recorded the real one.
+fn intake_failed() -> io::Error {
+    io::Error::other("upload intake failed")
+}
+
+/// Reads the body for the decompressor; see the module docs.
+struct Intake<'a, R> {
+    store: &'a BlobStore,
+    body: R,
+    staging: BufWriter<&'a File>,
+    hasher: Sha256Hasher,
+    received: u64,
+    max_bytes: u64,
+    next_space_check: u64,
+    /// Set on the first failure; every later read fails.
+    failure: Option<BlobError>,
+}
+
+impl<'a, R: Read> Intake<'a, R> {
+    fn new(store: &'a BlobStore, body: R, staging: &'a File, max_bytes: u64) -> Self {
+        Intake {
+            store,
+            body,
+            staging: BufWriter::with_capacity(STAGING_BUFFER, staging),
+            hasher: Sha256Hasher::new(),
+            received: 0,
+            max_bytes,
+            next_space_check: SPACE_CHECK_INTERVAL,
+            failure: None,
+        }
+    }
+
+    /// FileHash, FileSize and the (not yet flushed) staging writer.
+    fn finish(self) -> (Hash, u64, BufWriter<&'a File>) {
+        (self.hasher.finish(), self.received, self.staging)
+    }
+
+    fn fail(&mut self, e: BlobError) -> io::Error {
+        self.failure = Some(e);
+        intake_failed()
+    }
+
+    /// After the decompressed stream ended: the compressed stream must end too. The
+    /// decoders read to EOF themselves (all accept concatenated streams), so this only
+    /// confirms it; a byte here was not part of any stream and is refused.
+    fn expect_eof(&mut self, compression: Compression) -> Result<(), BlobError> {
+        let mut probe = [0u8; 1];
+        loop {
+            match self.read(&mut probe) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(match compression {
+                        Compression::None => {
+                            BlobError::NotANar(NarReadError::TrailingData.to_string())
+                        }
+                        _ => BlobError::Decompress(
+                            "data after the end of the compressed stream".into(),
+                        ),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.failure.take().unwrap_or(BlobError::Body(e))),
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for Intake<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(intake_failed());
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // One byte past the cap is enough to know the body is too large.
+        let room = self
+            .max_bytes
+            .saturating_sub(self.received)
+            .saturating_add(1);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = match self.body.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.fail(BlobError::Body(e))),
+        };
+        let received = self.received + n as u64;
+        if received > self.max_bytes {
+            let max = self.max_bytes;
+            return Err(self.fail(BlobError::TooLarge { max }));
+        }
+        if let Err(e) = self.staging.write_all(&buf[..n]) {
+            let e = self.store.write_error(e, received);
+            return Err(self.fail(e));
+        }
+        self.hasher.update(&buf[..n]);
+        self.received = received;
+        if received >= self.next_space_check {
+            self.next_space_check = received.saturating_add(SPACE_CHECK_INTERVAL);
+            if let Err(e) = self.store.check_reserve(received) {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Passes a decoder's output through, remembering why it failed: the NAR reader turns
+/// I/O errors into its own (an `UnexpectedEof` becomes "truncated"), and an uploader
+/// should hear that the compression is broken rather than the archive.
+struct DecoderWatch<'a, D> {
+    decoder: D,
+    error: &'a mut Option<String>,
+}
+
+impl<'a, D> DecoderWatch<'a, D> {
+    fn new(decoder: D, error: &'a mut Option<String>) -> Self {
+        DecoderWatch { decoder, error }
+    }
+}
+
+impl<D: Read> Read for DecoderWatch<'_, D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.decoder.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted && self.error.is_none() {
+                *self.error = Some(e.to_string());
+            }
+        })
+    }
+}
+
+impl BlobStore {
+    /// Classifies a failed write to staging: a full disk (or quota) is
+    /// `InsufficientStorage`, anything else is `Io`.
+    fn write_error(&self, e: io::Error, needed: u64) -> BlobError {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                BlobError::InsufficientStorage {
+                    needed,
+                    available: self.available().unwrap_or(0),
+                }
+            }
+            _ => BlobError::Io(e),
+        }
+    }
+
+    /// Fails once free space has dropped below the reserve while `received` bytes of
+    /// an upload are in staging.
+    fn check_reserve(&self, received: u64) -> Result<(), BlobError> {
+        let free = self.free_bytes().map_err(BlobError::Io)?;
+        if free < self.reserve_bytes {
+            return Err(BlobError::InsufficientStorage {
+                needed: received,
+                available: 0,
+            });
+        }
+        Ok(())
+    }
+}

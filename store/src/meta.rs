@@ -1,0 +1,373 @@
+//! Cairn's cache records, in one redb file: blobs (what a stored file holds), paths (the
+//! narinfo of each uploaded store path) and tokens. Every write is one durable
+//! transaction (redb fsyncs on commit); every read is one read transaction, and the hot
+//! lookups (`get_path`, `get_blob`, `has_path`) decode straight from redb's page without
+//! copying.
+//!
+//! Records are JSON: hashes as `sha256:<nix32>`, store paths as base names, secret
+//! hashes as hex. The JSON field names are the file format, so renaming a field is a
+//! migration; the `schema` entry in the `meta` table says which format a file holds.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `"schema"` | format version |
+//! | `blobs` | sha256 digest of the file (32 bytes) | [`BlobRecord`] |
+//! | `paths` | store path hash part (32 chars) | [`PathRecord`] |
+//! | `tokens` | sha256 of the token text (32 bytes) | [`TokenRecord`] |
+//! | `token_ids` | token id | sha256 of the token text |
+
+mod fields;
+
+use std::fmt;
+use std::path::Path;
+
+use nix_formats::{Hash, StorePath};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::blobs::Compression;
+
+/// The format version this code reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+const PATHS: TableDefinition<&str, &[u8]> = TableDefinition::new("paths");
+const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
+const TOKEN_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_ids");
+
+/// A stored blob: what [`crate::blobs::BlobStore::ingest`] verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    #[serde(with = "fields::hash")]
+    pub file_hash: Hash,
+    pub file_size: u64,
+    pub compression: Compression,
+    #[serde(with = "fields::hash")]
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// An uploaded store path: its narinfo, minus what the blob record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRecord {
+    #[serde(with = "fields::store_path")]
+    pub store_path: StorePath,
+    /// The blob the narinfo's URL names.
+    #[serde(with = "fields::hash")]
+    pub url_file_hash: Hash,
+    #[serde(with = "fields::hash")]
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    #[serde(with = "fields::store_paths")]
+    pub references: Vec<StorePath>,
+    #[serde(with = "fields::opt_store_path", default)]
+    pub deriver: Option<StorePath>,
+    #[serde(default)]
+    pub system: Option<String>,
+    pub sigs: Vec<String>,
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Unix seconds.
+    pub registered: u64,
+}
+
+/// What a token may do. Each scope includes the ones before it for the HTTP layer's
+/// purposes; that policy lives there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Push,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Push, Scope::Admin];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Push => "push",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// An API token. Only the sha256 of its text is kept; ids and secret hashes are each
+/// unique. `Debug` leaves the secret hash out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Short public id, for listing and revoking.
+    pub id: String,
+    pub name: String,
+    /// sha256 of the token text.
+    #[serde(with = "fields::hex32")]
+    pub secret_hash: [u8; 32],
+    pub scopes: Vec<Scope>,
+    /// Unix seconds; `None` never expires.
+    #[serde(default)]
+    pub expires: Option<u64>,
+    /// Unix seconds.
+    pub created: u64,
+    pub revoked: bool,
+}
+
+impl fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("secret_hash", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("expires", &self.expires)
+            .field("created", &self.created)
+            .field("revoked", &self.revoked)
+            .finish()
+    }
+}
+
+/// Why the cache database failed. The texts are short and fixed, safe for any client;
+/// the redb or serde error with the detail (paths, OS errors) is the `source()`, for
+/// the log (`{:?}`, or walk the chain).
+#[derive(Debug, Error)]
+pub enum MetaError {
+    /// Another process (or another `CacheDb` in this one) has the file open.
+    #[error("the cache database is in use")]
+    InUse,
+    /// The file could not be created, read, or is not a redb database we can use.
+    #[error("cannot open the cache database")]
+    Open(#[source] redb::DatabaseError),
+    /// The file was written by a newer Cairn.
+    #[error("the cache database has format {found}; this Cairn reads format {supported}")]
+    Schema { found: u64, supported: u64 },
+    #[error("cache database transaction failed")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("cache database table unavailable")]
+    Table(#[from] redb::TableError),
+    #[error("cache database storage failed")]
+    Storage(#[from] redb::StorageError),
+    #[error("cache database commit failed")]
+    Commit(#[from] redb::CommitError),
+    /// A stored record does not decode.
+    #[error("the cache database holds an unreadable {table} record")]
+    Corrupt {
+        table: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<redb::DatabaseError> for MetaError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => MetaError::InUse,
+            e => MetaError::Open(e),
+        }
+    }
+}
+
+/// The cache database. `Send + Sync`; share it. Writes are serialised by redb.
+pub struct CacheDb {
+    db: Database,
+}
+
+impl fmt::Debug for CacheDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheDb").finish_non_exhaustive()
+    }
+}
+
+impl CacheDb {
+    /// Opens the database at `path`, creating it (and its tables) if it does not exist.
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(MetaError::Schema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+            }
+            // Created here so that read transactions always find them.
+            tx.open_table(BLOBS)?;
+            tx.open_table(PATHS)?;
+            tx.open_table(TOKENS)?;
+            tx.open_table(TOKEN_IDS)?;
+        }
+        tx.commit()?;
+        Ok(CacheDb { db })
+    }
+
+    /// Records a blob, replacing any record of the same file hash.
+    pub fn put_blob(&self, rec: &BlobRecord) -> Result<(), MetaError> {
+        let value = encode(rec);
+        self.write(|tx| {
+            tx.open_table(BLOBS)?
+                .insert(rec.file_hash.digest(), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn get_blob(&self, file_hash: &Hash) -> Result<Option<BlobRecord>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BLOBS)?;
+        let Some(value) = table.get(file_hash.digest())? else {
+            return Ok(None);
+        };
+        decode("blob", value.value()).map(Some)
+    }
+
+    /// Records a path under its hash part, replacing any record of the same path.
+    pub fn put_path(&self, rec: &PathRecord) -> Result<(), MetaError> {
+        let key = rec.store_path.hash_part();
+        let value = encode(rec);
+        self.write(|tx| {
+            tx.open_table(PATHS)?
+                .insert(key.as_str(), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn get_path(&self, hash_part: &str) -> Result<Option<PathRecord>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PATHS)?;
+        let Some(value) = table.get(hash_part)? else {
+            return Ok(None);
+        };
+        decode("path", value.value()).map(Some)
+    }
+
+    pub fn has_path(&self, hash_part: &str) -> Result<bool, MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PATHS)?;
+        Ok(table.get(hash_part)?.is_some())
+    }
+
+    /// The hash parts (in the order given) that have no path record, all looked up in
+    /// one read transaction.
+    pub fn missing(&self, hash_parts: &[&str]) -> Result<Vec<String>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PATHS)?;
+        let mut out = Vec::new();
+        for &h in hash_parts {
+            if table.get(h)?.is_none() {
+                out.push(h.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn path_count(&self) -> Result<u64, MetaError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(PATHS)?.len()?)
+    }
+
+    /// Stores a token. A record with the same id or the same secret hash is replaced,
+    /// so each id names one secret and each secret one id.
+    pub fn put_token(&self, t: &TokenRecord) -> Result<(), MetaError> {
+        let value = encode(t);
+        self.write(|tx| {
+            let mut tokens = tx.open_table(TOKENS)?;
+            let mut ids = tx.open_table(TOKEN_IDS)?;
+            let old_secret = ids.get(t.id.as_str())?.map(|v| v.value().to_vec());
+            if let Some(old) = old_secret.filter(|old| old[..] != t.secret_hash[..]) {
+                tokens.remove(old.as_slice())?;
+            }
+            let old_record = tokens
+                .get(&t.secret_hash[..])?
+                .map(|v| decode::<TokenRecord>("token", v.value()))
+                .transpose()?;
+            if let Some(old) = old_record.filter(|old| old.id != t.id) {
+                ids.remove(old.id.as_str())?;
+            }
+            tokens.insert(&t.secret_hash[..], value.as_slice())?;
+            ids.insert(t.id.as_str(), &t.secret_hash[..])?;
+            Ok(())
+        })
+    }
+
+    /// The token whose text hashes to `h`, revoked or expired ones included: the caller
+    /// decides what those may do.
+    pub fn token_by_secret_hash(&self, h: &[u8; 32]) -> Result<Option<TokenRecord>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOKENS)?;
+        let Some(value) = table.get(&h[..])? else {
+            return Ok(None);
+        };
+        decode("token", value.value()).map(Some)
+    }
+
+    /// Every token, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOKENS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            out.push(decode::<TokenRecord>("token", value.value())?);
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    /// Marks the token `id` revoked; `false` when there is no such token. Revoking a
+    /// revoked token is a no-op that returns `true`.
+    pub fn revoke_token(&self, id: &str) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            let mut tokens = tx.open_table(TOKENS)?;
+            let ids = tx.open_table(TOKEN_IDS)?;
+            let Some(secret) = ids.get(id)?.map(|v| v.value().to_vec()) else {
+                return Ok(false);
+            };
+            let record = tokens
+                .get(secret.as_slice())?
+                .map(|v| decode::<TokenRecord>("token", v.value()))
+                .transpose()?;
+            let Some(mut record) = record else {
+                return Ok(false);
+            };
+            if !record.revoked {
+                record.revoked = true;
+                tokens.insert(secret.as_slice(), encode(&record).as_slice())?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Runs `f` in a write transaction and commits it durably; an error aborts it.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let tx = self.db.begin_write()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn encode(rec: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(rec).expect("records hold strings, numbers and lists only")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, MetaError> {
+    serde_json::from_slice(bytes).map_err(|source| MetaError::Corrupt { table, source })
+}
