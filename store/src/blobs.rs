@@ -117,7 +117,6 @@ pub enum BlobError {
 }
 
 /// Content-addressed blobs under one root directory. `Send + Sync`; share it.
-#[derive(Debug)]
 pub struct BlobStore {
     root: PathBuf,
     blobs: PathBuf,
@@ -129,6 +128,15 @@ pub struct BlobStore {
     durable_dirs: Mutex<HashSet<String>>,
     /// Held open for the lifetime of the store: its `flock` is the ownership of `root`.
     _lock: File,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("root", &self.root)
+            .field("reserve_bytes", &self.reserve_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlobStore {

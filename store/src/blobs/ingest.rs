@@ -50,6 +50,9 @@ pub(super) fn ingest(
     expected_file_hash: Option<&Hash>,
     max_bytes: u64,
 ) -> Result<Ingested, BlobError> {
+    // A body of unknown length is refused before it is read when the disk is already
+    // into its reserve; from here on, `Intake` checks as bytes arrive.
+    store.check_reserve(0)?;
     // Removed on drop: any `?` below leaves nothing behind.
     let staging = tempfile::Builder::new()
         .prefix("upload-")
