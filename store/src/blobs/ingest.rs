@@ -66,7 +66,7 @@ pub(super) fn ingest(
         expected_file_hash,
         max_bytes,
     )?;
-    place(store, staging, &file_hash)?;
+    place(store, staging, &file_hash, file_size)?;
     Ok(Ingested {
         file_hash,
         file_size,
@@ -112,9 +112,17 @@ fn receive(
 /// Renames a verified, fsynced staging file to its blob path without replacing an
 /// existing blob (same hash, same bytes: the re-upload is dropped), then fsyncs the
 /// directory so the blob survives a crash once we acknowledge it.
-fn place(store: &BlobStore, staging: NamedTempFile, file_hash: &Hash) -> Result<(), BlobError> {
+fn place(
+    store: &BlobStore,
+    staging: NamedTempFile,
+    file_hash: &Hash,
+    file_size: u64,
+) -> Result<(), BlobError> {
     let dest = store.blob_path(file_hash);
-    store.ensure_fanout_dir(&dest).map_err(BlobError::Io)?;
+    // A new directory needs a block: on a full disk that is a 507 like any other.
+    store
+        .ensure_fanout_dir(&dest)
+        .map_err(|e| store.write_error(e, file_size))?;
     match staging.persist_noclobber(&dest) {
         Ok(_) => {}
         // Dropping the returned temp file removes the staging copy.
