@@ -143,6 +143,25 @@ pub struct FileConfig {
     /// Harmonia's nix-daemon socket. Accepted for compatibility and ignored: Cairn
     /// reads Nix's database directly.
     pub daemon_socket: Option<PathBuf>,
+    /// Require a token with the read scope for reads too. Default false (public reads).
+    pub private: Option<bool>,
+    /// Tokens provisioned from files: `[[tokens]]` with `name`, `secret_file`, `scopes`.
+    #[serde(default)]
+    pub tokens: Vec<crate::auth::TokenFile>,
+    /// Public keys (`name:base64`) whose signatures on uploaded narinfos are kept.
+    /// The cache always adds its own.
+    #[serde(default)]
+    pub trusted_public_keys: Vec<String>,
+    /// Accept narinfos whose references the cache does not have (for caches that sit
+    /// behind cache.nixos.org). Default false.
+    pub allow_missing_references: Option<bool>,
+    /// Largest NAR upload in bytes (compressed, as sent). Default 64 GiB.
+    pub max_nar_upload_bytes: Option<u64>,
+    /// Free space the blob disk always keeps; uploads that would eat into it get 507.
+    /// Default 256 MiB.
+    pub reserve_bytes: Option<u64>,
+    /// Serve the local Nix store too. Default: when its database exists.
+    pub serve_local_store: Option<bool>,
 }
 
 impl FileConfig {
@@ -179,6 +198,13 @@ pub struct Config {
     pub nix_db_path: PathBuf,
     pub nix_log_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub private: bool,
+    pub tokens: Vec<crate::auth::TokenFile>,
+    pub trusted_public_keys: Vec<String>,
+    pub allow_missing_references: bool,
+    pub max_nar_upload_bytes: u64,
+    pub reserve_bytes: u64,
+    pub serve_local_store: Option<bool>,
 }
 
 fn cpus() -> usize {
@@ -281,6 +307,13 @@ impl Config {
             nix_db_path,
             nix_log_dir,
             tls,
+            private: file.private.unwrap_or(false),
+            tokens: file.tokens.clone(),
+            trusted_public_keys: file.trusted_public_keys.clone(),
+            allow_missing_references: file.allow_missing_references.unwrap_or(false),
+            max_nar_upload_bytes: file.max_nar_upload_bytes.unwrap_or(64 << 30),
+            reserve_bytes: file.reserve_bytes.unwrap_or(256 << 20),
+            serve_local_store: file.serve_local_store,
         })
     }
 }

@@ -16,6 +16,27 @@ pub enum ServerError {
     /// Some other part of the request is unusable.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// No credentials, or credentials we do not accept.
+    #[error("authentication required")]
+    Unauthorized,
+    /// Valid credentials without the scope the request needs.
+    #[error("this token may not do that")]
+    Forbidden,
+    /// An upload failed verification; the reason is safe to show the uploader.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A body over its size cap.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The blob disk cannot hold the upload.
+    #[error("not enough space for this upload")]
+    InsufficientStorage,
+    /// A `Content-Encoding` we do not speak.
+    #[error("unsupported Content-Encoding")]
+    UnsupportedEncoding,
+    /// The cache database failed.
+    #[error("cache database error")]
+    Meta(#[from] store::meta::MetaError),
     /// A byte range outside the NAR; carries the NAR size for `Content-Range`.
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
@@ -36,9 +57,16 @@ impl ServerError {
             ServerError::NotFound => StatusCode::NOT_FOUND,
             ServerError::BadHash | ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServerError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            ServerError::Store(_) | ServerError::Io(_) | ServerError::Task(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ServerError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ServerError::Forbidden => StatusCode::FORBIDDEN,
+            ServerError::Rejected(_) => StatusCode::BAD_REQUEST,
+            ServerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ServerError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ServerError::Store(_)
+            | ServerError::Meta(_)
+            | ServerError::Io(_)
+            | ServerError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -52,13 +80,26 @@ impl IntoResponse for ServerError {
                 ServerError::Store(e) => tracing::error!(error = %e, "store error"),
                 ServerError::Io(e) => tracing::error!(error = %e, "I/O error"),
                 ServerError::Task(e) => tracing::error!(error = %e, "task failed"),
+                ServerError::Meta(e) => tracing::error!(error = %e, "cache database error"),
                 ServerError::NotFound
+                | ServerError::Unauthorized
+                | ServerError::Forbidden
+                | ServerError::Rejected(_)
+                | ServerError::TooLarge(_)
+                | ServerError::InsufficientStorage
+                | ServerError::UnsupportedEncoding
                 | ServerError::BadHash
                 | ServerError::BadRequest(_)
                 | ServerError::RangeNotSatisfiable(_) => {}
             }
         }
         let mut resp = (status, format!("{self}\n")).into_response();
+        if let ServerError::Unauthorized = self {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"cairn\""),
+            );
+        }
         if let ServerError::RangeNotSatisfiable(size) = self {
             if let Ok(v) = format!("bytes */{size}").parse() {
                 resp.headers_mut()

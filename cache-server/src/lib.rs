@@ -3,6 +3,8 @@
 //! the axum app from an [`AppState`], `serve` runs it on listeners the caller bound (tests
 //! bind `127.0.0.1:0`); the `cairnd` binary only parses flags, sets up tracing and binds.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -12,6 +14,7 @@ mod nar_stream;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod upload;
 pub mod variants;
 
 pub use config::{Config, FileConfig};

@@ -17,10 +17,11 @@ pub enum Route {
     Health,
     Version,
     Metrics,
+    Api,
     Other,
 }
 
-const ROUTES: [Route; 10] = [
+const ROUTES: [Route; 11] = [
     Route::CacheInfo,
     Route::Narinfo,
     Route::Nar,
@@ -30,6 +31,7 @@ const ROUTES: [Route; 10] = [
     Route::Health,
     Route::Version,
     Route::Metrics,
+    Route::Api,
     Route::Other,
 ];
 
@@ -45,6 +47,7 @@ impl Route {
             Route::Health => "health",
             Route::Version => "version",
             Route::Metrics => "metrics",
+            Route::Api => "api",
             Route::Other => "other",
         }
     }

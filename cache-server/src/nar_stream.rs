@@ -245,3 +245,43 @@ fn compress(
     }
     Ok(())
 }
+
+/// Streams the NAR inside a compressed blob, decompressed on the blocking pool. The
+/// result must be exactly `nar_size` bytes (what was verified at ingest); anything else
+/// aborts the connection.
+pub fn spawn_decompressed(
+    file: std::fs::File,
+    compression: store::blobs::Compression,
+    nar_size: u64,
+    permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+) -> Body {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    tokio::task::spawn_blocking(move || {
+        use store::blobs::Compression as C;
+        let mut sink = ChunkSink::new(tx, 0, Some(nar_size));
+        let input = io::BufReader::with_capacity(256 * 1024, file);
+        let copied = match compression {
+            C::None => io::copy(&mut { input }, &mut sink),
+            C::Zstd => zstd::stream::read::Decoder::with_buffer(input)
+                .and_then(|mut d| io::copy(&mut d, &mut sink)),
+            C::Xz => io::copy(
+                &mut xz2::read::XzDecoder::new_multi_decoder(input),
+                &mut sink,
+            ),
+            C::Bzip2 => io::copy(&mut bzip2::read::MultiBzDecoder::new(input), &mut sink),
+        };
+        drop(permit);
+        let outcome = match copied {
+            Ok(n) if n == nar_size => sink.ship(),
+            Ok(_) => Err(io::Error::other("blob decompressed to the wrong size")),
+            Err(e) => Err(e),
+        };
+        metrics.add_bytes(Encoding::Identity, sink.sent);
+        if let Err(e) = outcome {
+            abort(&metrics, std::path::Path::new("<blob>"), &e);
+            sink.fail(e);
+        }
+    });
+    Body::from_stream(ReceiverStream::new(rx))
+}

@@ -10,7 +10,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use nix_formats::store_path::{parse_hash_part, HASH_PART_LEN};
 use nix_formats::{Hash, HashAlgo, NarInfo, StorePath};
@@ -21,6 +21,9 @@ use crate::error::ServerError;
 use crate::metrics::{Encoding, Route};
 use crate::nar_stream::{self, Plan};
 use crate::state::AppState;
+use crate::{api, upload};
+use store::blobs::Compression;
+use store::meta::{PathRecord, Scope};
 
 type Shared = Arc<AppState>;
 
@@ -32,9 +35,15 @@ pub fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .route("/nar/{file}", get(nar))
+        .route("/nar/{file}", get(nar).put(upload::put_nar))
         .route("/log/{drv}", get(build_log))
-        .route("/{file}", get(by_hash))
+        .route("/api/v1/missing", post(api::missing))
+        .route(
+            "/api/v1/tokens",
+            get(api::list_tokens).post(api::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(api::revoke_token))
+        .route("/{file}", get(by_hash).put(put_by_hash))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -48,6 +57,7 @@ fn classify(path: &str) -> Route {
         "/metrics" => Route::Metrics,
         p if p.starts_with("/nar/") => Route::Nar,
         p if p.starts_with("/log/") => Route::Log,
+        p if p.starts_with("/api/") => Route::Api,
         p if p.ends_with(".narinfo") => Route::Narinfo,
         p if p.ends_with(".ls") => Route::Listing,
         _ => Route::Other,
@@ -81,10 +91,15 @@ async fn cache_info(State(s): State<Shared>) -> Response {
 }
 
 async fn health(State(s): State<Shared>) -> Response {
-    match s
-        .store
-        .query_by_hash_part("00000000000000000000000000000000")
-    {
+    let probe = match &s.store {
+        Some(store) => store
+            .query_by_hash_part("00000000000000000000000000000000")
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    let probe = probe.and_then(|()| s.db.path_count().map(|_| ()).map_err(|e| format!("{e:?}")));
+    match probe {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unreadable");
@@ -117,7 +132,9 @@ async fn metrics(State(s): State<Shared>) -> Response {
 async fn by_hash(
     State(s): State<Shared>,
     Path(file): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ServerError> {
+    s.auth.check(&s.db, &headers, Scope::Read)?;
     if let Some(hash) = file.strip_suffix(".narinfo") {
         narinfo(&s, hash)
     } else if let Some(hash) = file.strip_suffix(".ls") {
@@ -127,14 +144,43 @@ async fn by_hash(
     }
 }
 
-/// Looks a path up by hash part: 400 for a malformed one, 404 for an unknown one.
-/// SQLite point lookups take microseconds, so they run inline rather than paying for a
-/// hop to the blocking pool.
-fn lookup(s: &AppState, hash: &str) -> Result<PathInfo, ServerError> {
+/// `PUT /<hash>.narinfo`.
+async fn put_by_hash(
+    State(s): State<Shared>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServerError> {
+    match file.strip_suffix(".narinfo") {
+        Some(hash) => upload::put_narinfo(s, hash, headers, body).await,
+        None => Err(ServerError::NotFound),
+    }
+}
+
+/// Where a path was found.
+enum Found {
+    Cache(PathRecord),
+    Local(PathInfo),
+}
+
+/// Looks a path up by hash part, in the cache store first: 400 for a malformed hash,
+/// 404 for an unknown one. redb and SQLite point lookups take microseconds, so they run
+/// inline rather than paying for a hop to the blocking pool.
+fn find(s: &AppState, hash: &str) -> Result<Found, ServerError> {
     parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
-    s.store
-        .query_by_hash_part(hash)?
-        .ok_or(ServerError::NotFound)
+    if let Some(rec) = s.db.get_path(hash)? {
+        return Ok(Found::Cache(rec));
+    }
+    lookup_local(s, hash).map(Found::Local)
+}
+
+/// Looks a path up in the local Nix store only.
+fn lookup_local(s: &AppState, hash: &str) -> Result<PathInfo, ServerError> {
+    parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    match &s.store {
+        Some(local) => local.query_by_hash_part(hash)?.ok_or(ServerError::NotFound),
+        None => Err(ServerError::NotFound),
+    }
 }
 
 /// The narinfo URL and Compression we advertise for a local-store path. The URL keeps
@@ -150,11 +196,15 @@ fn nar_url(s: &AppState, info: &PathInfo) -> (String, &'static str) {
 }
 
 fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
-    let info = lookup(s, hash)?;
+    let info = match find(s, hash)? {
+        Found::Cache(rec) => return cache_narinfo(s, rec),
+        Found::Local(info) => info,
+    };
     let (url, compression) = nar_url(s, &info);
     let identity = compression == "none";
     let mut ni = NarInfo {
-        store_dir: s.store.store_dir().clone(),
+        store_dir: nix_formats::StoreDir::new(&s.config.store_dir)
+            .expect("store dir validated by Config::resolve"),
         store_path: info.path.clone(),
         url,
         compression: compression.to_string(),
@@ -180,12 +230,47 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
     Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], ni.render()).into_response())
 }
 
-async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {
-    let info = lookup(&s, hash)?;
-    let real = s.store.real_path(&info.path);
-    if std::fs::symlink_metadata(&real).is_err() {
-        return Err(ServerError::NotFound);
+/// The narinfo of an uploaded path: it advertises the stored form, so clients fetch the
+/// stored bytes with no recompression.
+fn cache_narinfo(s: &AppState, rec: PathRecord) -> Result<Response, ServerError> {
+    let blob =
+        s.db.get_blob(&rec.url_file_hash)?
+            .ok_or(ServerError::NotFound)?;
+    let mut ni = NarInfo {
+        store_dir: nix_formats::StoreDir::new(&s.config.store_dir)
+            .expect("store dir validated by Config::resolve"),
+        store_path: rec.store_path,
+        url: format!(
+            "nar/{}.nar{}",
+            blob.file_hash.to_nix32(),
+            blob.compression.ext()
+        ),
+        compression: blob.compression.name().to_string(),
+        file_hash: Some(blob.file_hash),
+        file_size: Some(blob.file_size),
+        nar_hash: rec.nar_hash,
+        nar_size: rec.nar_size,
+        references: rec.references,
+        deriver: rec.deriver,
+        system: rec.system,
+        sigs: Vec::new(),
+        ca: rec.ca,
+    };
+    ni.sigs = s.keyring.sign(&ni.fingerprint());
+    for sig in rec.sigs {
+        if !ni.sigs.contains(&sig) {
+            ni.sigs.push(sig);
+        }
     }
+    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], ni.render()).into_response())
+}
+
+async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {
+    let info = match find(&s, hash)? {
+        Found::Cache(rec) => return cache_listing(s, rec).await,
+        Found::Local(info) => info,
+    };
+    let real = local_path(&s, &info)?;
     let json = tokio::task::spawn_blocking(move || -> Result<String, ServerError> {
         // The listing needs NAR offsets, so run our writer into our reader.
         let (reader, mut writer) = std::io::pipe()?;
@@ -197,11 +282,58 @@ async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {
                 .map_err(|_| std::io::Error::other("NAR writer panicked"))?;
             produced.map_err(|e| std::io::Error::other(e.to_string()))?;
             let (_, root) = listed.map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok(serde_json::json!({ "version": 1, "root": root }).to_string())
+            Ok(nix_formats::nar::listing_json(&root))
         })
     })
     .await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// The listing of an uploaded path, read from its stored blob.
+async fn cache_listing(s: Shared, rec: PathRecord) -> Result<Response, ServerError> {
+    let blob =
+        s.db.get_blob(&rec.url_file_hash)?
+            .ok_or(ServerError::NotFound)?;
+    let (file, _) = s
+        .blobs
+        .open_blob(&blob.file_hash)
+        .map_err(|e| {
+            tracing::error!(error = %e, "opening a blob");
+            ServerError::NotFound
+        })?
+        .ok_or(ServerError::NotFound)?;
+    let json = tokio::task::spawn_blocking(move || -> Result<String, ServerError> {
+        let reader = decompressor(blob.compression, std::io::BufReader::new(file))?;
+        let (_, root) =
+            nix_formats::nar::list(reader).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(nix_formats::nar::listing_json(&root))
+    })
+    .await??;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// A reader of the NAR inside a stored blob.
+fn decompressor<'a>(
+    c: Compression,
+    r: impl std::io::Read + Send + 'a,
+) -> std::io::Result<Box<dyn std::io::Read + Send + 'a>> {
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(r)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
+    })
+}
+
+/// The real location of a local-store path, or 404 when it vanished since the
+/// database said it was valid.
+fn local_path(s: &AppState, info: &PathInfo) -> Result<std::path::PathBuf, ServerError> {
+    let local = s.store.as_ref().ok_or(ServerError::NotFound)?;
+    let real = local.real_path(&info.path);
+    if std::fs::symlink_metadata(&real).is_err() {
+        return Err(ServerError::NotFound);
+    }
+    Ok(real)
 }
 
 /// A NAR request's parsed file name.
@@ -317,17 +449,21 @@ async fn nar(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
+    s.auth.check(&s.db, &headers, Scope::Read)?;
+    // An uploaded blob: nar/<filehash>.nar[.ext], no query.
+    if query.is_none() {
+        if let Some((file_hash, compression)) = upload::parse_blob_file(&file) {
+            return cache_nar(&s, &file_hash, compression, &method, &headers).await;
+        }
+    }
     let req = parse_nar_file(&file, query.as_deref())?;
-    let info = lookup(&s, &req.out_hash)?;
+    let info = lookup_local(&s, &req.out_hash)?;
     if info.nar_hash != req.nar_hash {
         return Err(ServerError::NotFound);
     }
     // Everything that can fail is decided before the headers go out: a path that
     // vanished since its narinfo was served is a 404, not a broken body.
-    let real = s.store.real_path(&info.path);
-    if std::fs::symlink_metadata(&real).is_err() {
-        return Err(ServerError::NotFound);
-    }
+    let real = local_path(&s, &info)?;
     let head = method == Method::HEAD;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let encoding = match req.ext {
@@ -416,12 +552,7 @@ async fn nar(
     s.metrics
         .variant_cache_misses
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let permit = s
-        .encoders
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the encoder semaphore is never closed");
+    let permit = encoder_permit(&s).await;
     let variant = s.variants.begin(&variant_key);
     let body = nar_stream::spawn(
         real,
@@ -436,15 +567,108 @@ async fn nar(
     Ok(builder.body(body).expect("valid response"))
 }
 
+/// Serves an uploaded blob. The stored form goes out as is (with `Content-Length` and
+/// ranges); a plain `.nar` request for a compressed blob gets the stored zstd bytes as
+/// `Content-Encoding: zstd` when the client accepts it, else the NAR decompressed on
+/// the fly. HEAD answers 200 only for a blob that is recorded and on disk.
+async fn cache_nar(
+    s: &Shared,
+    file_hash: &Hash,
+    requested: Compression,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ServerError> {
+    let blob = s.db.get_blob(file_hash)?.ok_or(ServerError::NotFound)?;
+    let Some((file, len)) = s.blobs.open_blob(file_hash).map_err(|e| {
+        tracing::error!(error = %e, "opening a recorded blob");
+        ServerError::NotFound
+    })?
+    else {
+        tracing::error!(file_hash = %file_hash, "a recorded blob is missing from disk");
+        return Err(ServerError::NotFound);
+    };
+    let head = *method == Method::HEAD;
+    let builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .header(header::VARY, "Accept-Encoding");
+    let stored_as_is = requested == blob.compression
+        || (requested == Compression::None
+            && blob.compression == Compression::Zstd
+            && headers.get(header::RANGE).is_none()
+            && accepts_zstd(headers));
+    if stored_as_is {
+        let mut builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        if requested != blob.compression {
+            builder = builder.header(header::CONTENT_ENCODING, "zstd");
+        }
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let (status, start, n) = match range.map(|r| parse_range(r, len)).transpose()?.flatten() {
+            Some((a, b)) => {
+                builder = builder.header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{len}"));
+                (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+            }
+            None => (StatusCode::OK, 0, len),
+        };
+        let body = if head {
+            Body::empty()
+        } else {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let mut file = tokio::fs::File::from_std(file);
+            if start > 0 {
+                file.seek(std::io::SeekFrom::Start(start)).await?;
+            }
+            s.metrics.add_bytes(
+                match blob.compression {
+                    Compression::Zstd => Encoding::Zstd,
+                    Compression::Xz => Encoding::Xz,
+                    Compression::None | Compression::Bzip2 => Encoding::Identity,
+                },
+                n,
+            );
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file.take(n),
+                256 * 1024,
+            ))
+        };
+        return Ok(builder
+            .status(status)
+            .header(header::CONTENT_LENGTH, n)
+            .body(body)
+            .expect("valid response"));
+    }
+    if requested != Compression::None {
+        return Err(ServerError::NotFound);
+    }
+    // The plain NAR of a compressed blob: decompress on the fly.
+    let body = if head {
+        Body::empty()
+    } else {
+        let permit = encoder_permit(s).await;
+        nar_stream::spawn_decompressed(
+            file,
+            blob.compression,
+            blob.nar_size,
+            permit,
+            s.metrics.clone(),
+        )
+    };
+    Ok(builder
+        .header(header::CONTENT_LENGTH, blob.nar_size)
+        .body(body)
+        .expect("valid response"))
+}
+
 async fn build_log(
     State(s): State<Shared>,
     Path(drv): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ServerError> {
+    s.auth.check(&s.db, &headers, Scope::Read)?;
     let path = StorePath::from_base_name(&drv).map_err(|_| ServerError::BadHash)?;
     if !path.name().ends_with(".drv") {
         return Err(ServerError::NotFound);
     }
-    let Some((file, compression)) = s.store.log_file(&path) else {
+    let Some((file, compression)) = s.store.as_ref().and_then(|l| l.log_file(&path)) else {
         return Err(ServerError::NotFound);
     };
     let text = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
@@ -465,6 +689,15 @@ async fn build_log(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// A slot among the `max_encoders` compressing or decompressing streams.
+async fn encoder_permit(s: &AppState) -> tokio::sync::OwnedSemaphorePermit {
+    s.encoders
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the encoder semaphore is never closed")
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! What every request handler shares: configuration, the store, the signing keys, the
-//! encoder budget, the variant cache and the metrics.
+//! What every request handler shares: configuration, the stores, the signing keys, the
+//! tokens, the encoder budget, the variant cache and the metrics.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::auth::{Auth, TokenFileError};
 use crate::config::Config;
 use crate::landing;
 use crate::metrics::Metrics;
@@ -14,7 +15,14 @@ use crate::variants::VariantCache;
 
 pub struct AppState {
     pub config: Config,
-    pub store: store::LocalStore,
+    /// The local Nix store, when this host has one and serves it.
+    pub store: Option<store::LocalStore>,
+    /// Cairn's own cache store: blobs on disk, records in redb.
+    pub blobs: store::blobs::BlobStore,
+    pub db: store::meta::CacheDb,
+    pub auth: Auth,
+    /// Keys whose signatures on uploaded narinfos are kept.
+    pub trusted: signer::TrustedKeys,
     /// Signing keys, in the order their `Sig:` lines appear; empty when signing is off.
     pub keyring: signer::Signer,
     pub metrics: Arc<Metrics>,
@@ -29,23 +37,60 @@ pub struct AppState {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("cache store under {path}: {source}")]
+    Blobs {
+        path: String,
+        source: store::blobs::BlobError,
+    },
+    #[error("cache database {path}: {source}")]
+    Meta {
+        path: String,
+        source: store::meta::MetaError,
+    },
     #[error("variant cache under {path}: {source}")]
     Variants {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Token(#[from] TokenFileError),
+    #[error("trusted_public_keys: {0}")]
+    TrustedKey(signer::KeyError),
 }
 
 impl AppState {
-    /// Opens the store and the variant cache. `keyring` is built by the caller, which
-    /// knows whether to generate a default key.
+    /// Opens the stores, the variant cache and the token files. `keyring` is built by
+    /// the caller, which knows whether to generate a default key.
     pub fn new(config: Config, keyring: signer::Signer) -> Result<Arc<Self>, StartError> {
-        let store = store::LocalStore::open(store::LocalStoreConfig {
+        let local = store::LocalStoreConfig {
             store_dir: nix_formats::StoreDir::new(&config.store_dir)
                 .expect("store dir validated by Config::resolve"),
             real_store_dir: config.real_store_dir.clone(),
             db_path: config.nix_db_path.clone(),
             log_dir: config.nix_log_dir.clone(),
+        };
+        let store = match config.serve_local_store {
+            Some(false) => None,
+            Some(true) => Some(store::LocalStore::open(local)?),
+            // The embedded default serves the local store if there is one.
+            None if local.db_path.exists() => Some(store::LocalStore::open(local)?),
+            None => {
+                tracing::info!(db = %local.db_path.display(), "no local Nix store; serving the cache store only");
+                None
+            }
+        };
+        let cache_dir = config.data_dir.join("cache");
+        let blobs =
+            store::blobs::BlobStore::open(&cache_dir, config.reserve_bytes).map_err(|source| {
+                StartError::Blobs {
+                    path: cache_dir.display().to_string(),
+                    source,
+                }
+            })?;
+        let db_path = config.data_dir.join("cache.redb");
+        let db = store::meta::CacheDb::open(&db_path).map_err(|source| StartError::Meta {
+            path: db_path.display().to_string(),
+            source,
         })?;
         let vdir = config.data_dir.join("variants");
         let variants = VariantCache::open(&vdir, config.variant_cache_bytes).map_err(|source| {
@@ -54,6 +99,9 @@ impl AppState {
                 source,
             }
         })?;
+        let auth = Auth::new(config.private, &config.tokens)?;
+        let trusted = signer::TrustedKeys::parse_list(&config.trusted_public_keys.join(" "))
+            .map_err(StartError::TrustedKey)?;
         let cache_info = Bytes::from(format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
             config.store_dir, config.priority
@@ -68,6 +116,10 @@ impl AppState {
             encoders: Arc::new(Semaphore::new(config.max_encoders)),
             config,
             store,
+            blobs,
+            db,
+            auth,
+            trusted,
             keyring,
             metrics: Arc::new(Metrics::default()),
             variants,

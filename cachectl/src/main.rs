@@ -5,6 +5,7 @@
 
 mod files;
 mod keygen;
+mod token;
 
 use std::process::ExitCode;
 
@@ -16,8 +17,9 @@ use clap::{Parser, Subcommand};
     version,
     about = "Command line for the Cairn Nix binary cache",
     long_about = "Command line for the Cairn Nix binary cache.\n\n\
-                  This version has one subcommand, `keygen`, which creates the ed25519 \
-                  signing keys the cache signs narinfos with.",
+                  `keygen` creates the ed25519 signing keys the cache signs narinfos \
+                  with; `token` creates, lists and revokes access tokens through the \
+                  cache's admin API.",
     propagate_version = true
 )]
 struct Cli {
@@ -28,12 +30,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Keygen(keygen::Args),
+    Token(token::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen(args) => keygen::run(args),
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
