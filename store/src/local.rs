@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod watch;
+
 use nix_formats::store_path::{parse_hash_part, HASH_PART_LEN};
 use nix_formats::{Hash, StoreDir, StorePath};
 use parking_lot::Mutex;
@@ -71,6 +73,10 @@ impl LocalStoreConfig {
 pub struct LocalStore {
     config: LocalStoreConfig,
     pool: Mutex<Vec<Connection>>,
+    /// Writes to the database; `None` when they cannot be watched (nothing is cached).
+    watch: Option<watch::ChangeWatch>,
+    /// Every hash part seen valid, for answering misses without a query.
+    known: Mutex<watch::KnownPaths>,
 }
 
 const POOL_MAX: usize = 8;
@@ -80,9 +86,12 @@ const PATH_COLUMNS: &str = "id, path, hash, registrationTime, deriver, narSize, 
 impl LocalStore {
     /// Opens the database read-only and checks it has Nix's schema.
     pub fn open(config: LocalStoreConfig) -> Result<Self, StoreError> {
+        let watch = watch::ChangeWatch::open(&config.db_path);
         let store = LocalStore {
             config,
             pool: Mutex::new(Vec::new()),
+            watch,
+            known: Mutex::new(watch::KnownPaths::new()),
         };
         let conn = store.connect()?;
         conn.query_row("SELECT count(*) FROM ValidPaths LIMIT 1", [], |_| Ok(()))
@@ -134,10 +143,36 @@ impl LocalStore {
         result
     }
 
+    /// A number that changes whenever Nix's database may have changed since it was last
+    /// read: anything derived from the database under one generation stays true while
+    /// the generation stays the same. `None` when changes cannot be watched.
+    pub fn generation(&self) -> Option<u64> {
+        self.watch.as_ref().map(watch::ChangeWatch::generation)
+    }
+
+    /// `false` only when the database certainly holds no path with this hash part
+    /// (exact as of this call: see the `watch` module); `true` when it may.
+    fn may_have(&self, hash_part: &str) -> Result<bool, StoreError> {
+        let Some(generation) = self.generation() else {
+            return Ok(true);
+        };
+        let mut known = self.known.lock();
+        if !known.is_current(generation) {
+            let dir = self.config.store_dir.as_str();
+            self.with_conn(|conn| Ok(known.refresh(conn, dir, generation)?))?;
+            tracing::debug!(
+                paths = known.len(),
+                generation,
+                "refreshed the known hash parts"
+            );
+        }
+        Ok(known.may_contain(hash_part))
+    }
+
     /// Looks a path up by the 32-character hash part a narinfo request names.
     /// Returns `None` for a malformed hash part as well as for an unknown one.
     pub fn query_by_hash_part(&self, hash_part: &str) -> Result<Option<PathInfo>, StoreError> {
-        if parse_hash_part(hash_part).is_err() {
+        if parse_hash_part(hash_part).is_err() || !self.may_have(hash_part)? {
             return Ok(None);
         }
         let prefix = format!("{}/{}", self.config.store_dir, hash_part);

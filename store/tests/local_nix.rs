@@ -85,3 +85,51 @@ fn open_fails_cleanly_for_a_missing_database() {
         .expect("no database there");
     assert!(err.to_string().contains("db.sqlite"), "{err}");
 }
+
+/// Misses are answered from an in-memory set kept current by watching the database:
+/// a path Nix registers is found by the very next lookup, a path Nix deletes is gone
+/// from the very next lookup, and signatures added later show at once.
+#[test]
+fn changes_nix_commits_are_seen_by_the_next_lookup() {
+    let nix = Nix::new();
+    let paths = nix.build_fixtures(&testkit::salt(), 2);
+    let chroot = ChrootStore::new();
+    let uri = chroot.uri();
+    nix.run("nix", &["copy", "--no-check-sigs", "--to", &uri, &paths[0]]);
+    let store = LocalStore::open(LocalStoreConfig::under_root(chroot.root())).unwrap();
+    let hash_of = |p: &str| StoreDir::default().parse_path(p).unwrap().hash_part();
+    let top = hash_of(&paths[1]);
+    assert!(store.query_by_hash_part(&top).unwrap().is_none());
+    let g0 = store.generation().expect("inotify is available here");
+    assert_eq!(store.generation(), Some(g0), "no change, same generation");
+
+    // Registered: found at once, no waiting.
+    nix.run("nix", &["copy", "--no-check-sigs", "--to", &uri, &paths[1]]);
+    assert!(store.query_by_hash_part(&top).unwrap().is_some());
+    assert_ne!(store.generation(), Some(g0));
+
+    // Signed later: the next lookup carries the signature.
+    let key_dir = tempfile::tempdir().unwrap();
+    let sk = key_dir.path().join("sk");
+    let out = nix
+        .cmd("nix-store")
+        .args(["--generate-binary-cache-key", "watch-test-1"])
+        .arg(&sk)
+        .arg(key_dir.path().join("pk"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let g1 = store.generation();
+    nix.run(
+        "nix",
+        &["store", "sign", "--store", &uri, "--key-file", sk.to_str().unwrap(), &paths[1]],
+    );
+    assert_ne!(store.generation(), g1);
+    let info = store.query_by_hash_part(&top).unwrap().unwrap();
+    assert!(info.sigs.iter().any(|s| s.starts_with("watch-test-1:")), "{:?}", info.sigs);
+
+    // Deleted: gone at once.
+    nix.run("nix-store", &["--store", &uri, "--delete", &paths[1]]);
+    assert!(store.query_by_hash_part(&top).unwrap().is_none());
+    assert!(store.query_by_hash_part(&hash_of(&paths[0])).unwrap().is_some());
+}
