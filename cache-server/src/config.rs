@@ -119,6 +119,9 @@ pub struct FileConfig {
     /// Bytes of compressed NAR variants kept on disk under `data_dir`; 0 turns the
     /// variant cache off. Default 1 GiB.
     pub variant_cache_bytes: Option<u64>,
+    /// Rendered narinfos of local-store paths kept in memory while Nix's database is
+    /// unchanged (about 0.6 KiB each); 0 turns this off. Default 8192.
+    pub narinfo_cache_entries: Option<usize>,
     /// Secret key files (`name:base64`); each adds a `Sig:` line. Default: a key
     /// generated into `data_dir` on first start.
     #[serde(default)]
@@ -191,6 +194,7 @@ pub struct Config {
     pub xz_level: u32,
     pub max_encoders: usize,
     pub variant_cache_bytes: u64,
+    pub narinfo_cache_entries: usize,
     pub sign_key_paths: Vec<PathBuf>,
     pub no_signing: bool,
     pub store_dir: String,
@@ -300,6 +304,7 @@ impl Config {
             xz_level,
             max_encoders,
             variant_cache_bytes: file.variant_cache_bytes.unwrap_or(1 << 30),
+            narinfo_cache_entries: file.narinfo_cache_entries.unwrap_or(8192),
             sign_key_paths,
             no_signing: file.no_signing.unwrap_or(false),
             store_dir,

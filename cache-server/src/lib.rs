@@ -11,6 +11,7 @@ pub mod keys;
 mod landing;
 pub mod metrics;
 mod nar_stream;
+mod narinfo_cache;
 pub mod routes;
 pub mod serve;
 pub mod state;

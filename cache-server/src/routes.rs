@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use bytes::Bytes;
 use nix_formats::store_path::{parse_hash_part, HASH_PART_LEN};
 use nix_formats::{Hash, HashAlgo, NarInfo, StorePath};
 use store::PathInfo;
@@ -196,11 +197,30 @@ fn nar_url(s: &AppState, info: &PathInfo) -> (String, &'static str) {
 }
 
 fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
-    let info = match find(s, hash)? {
-        Found::Cache(rec) => return cache_narinfo(s, rec),
-        Found::Local(info) => info,
-    };
-    let (url, compression) = nar_url(s, &info);
+    parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    if let Some(rec) = s.db.get_path(hash)? {
+        return cache_narinfo(s, rec);
+    }
+    // Read before the lookup: a change in between makes the entry stale at once.
+    let generation = s.store.as_ref().and_then(|l| l.generation());
+    if let Some(body) = generation.and_then(|g| s.narinfos.get(hash, g)) {
+        return Ok(narinfo_response(body));
+    }
+    let info = lookup_local(s, hash)?;
+    let body = Bytes::from(render_local_narinfo(s, &info));
+    if let Some(g) = generation {
+        s.narinfos.insert(hash, g, body.clone());
+    }
+    Ok(narinfo_response(body))
+}
+
+fn narinfo_response(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "text/x-nix-narinfo")], body).into_response()
+}
+
+/// The narinfo of a local-store path, signed.
+fn render_local_narinfo(s: &AppState, info: &PathInfo) -> String {
+    let (url, compression) = nar_url(s, info);
     let identity = compression == "none";
     let mut ni = NarInfo {
         store_dir: nix_formats::StoreDir::new(&s.config.store_dir)
@@ -227,7 +247,7 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
             ni.sigs.push(sig.clone());
         }
     }
-    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], ni.render()).into_response())
+    ni.render()
 }
 
 /// The narinfo of an uploaded path: it advertises the stored form, so clients fetch the
@@ -262,7 +282,7 @@ fn cache_narinfo(s: &AppState, rec: PathRecord) -> Result<Response, ServerError>
             ni.sigs.push(sig);
         }
     }
-    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], ni.render()).into_response())
+    Ok(narinfo_response(Bytes::from(ni.render())))
 }
 
 async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {

@@ -11,6 +11,7 @@ use crate::auth::{Auth, TokenFileError};
 use crate::config::Config;
 use crate::landing;
 use crate::metrics::Metrics;
+use crate::narinfo_cache::NarinfoCache;
 use crate::variants::VariantCache;
 
 pub struct AppState {
@@ -29,6 +30,7 @@ pub struct AppState {
     /// Caps concurrent on-the-fly compressions.
     pub encoders: Arc<Semaphore>,
     pub variants: Arc<VariantCache>,
+    pub narinfos: NarinfoCache,
     pub cache_info: Bytes,
     pub landing: Bytes,
 }
@@ -112,6 +114,7 @@ impl AppState {
             .map(|k| k.to_string())
             .collect();
         let landing = Bytes::from(landing::render(&config, &public_keys));
+        let config_narinfo_entries = config.narinfo_cache_entries;
         Ok(Arc::new(AppState {
             encoders: Arc::new(Semaphore::new(config.max_encoders)),
             config,
@@ -123,6 +126,7 @@ impl AppState {
             keyring,
             metrics: Arc::new(Metrics::default()),
             variants,
+            narinfos: NarinfoCache::new(config_narinfo_entries),
             cache_info,
             landing,
         }))

@@ -122,14 +122,29 @@ fn changes_nix_commits_are_seen_by_the_next_lookup() {
     let g1 = store.generation();
     nix.run(
         "nix",
-        &["store", "sign", "--store", &uri, "--key-file", sk.to_str().unwrap(), &paths[1]],
+        &[
+            "store",
+            "sign",
+            "--store",
+            &uri,
+            "--key-file",
+            sk.to_str().unwrap(),
+            &paths[1],
+        ],
     );
     assert_ne!(store.generation(), g1);
     let info = store.query_by_hash_part(&top).unwrap().unwrap();
-    assert!(info.sigs.iter().any(|s| s.starts_with("watch-test-1:")), "{:?}", info.sigs);
+    assert!(
+        info.sigs.iter().any(|s| s.starts_with("watch-test-1:")),
+        "{:?}",
+        info.sigs
+    );
 
     // Deleted: gone at once.
     nix.run("nix-store", &["--store", &uri, "--delete", &paths[1]]);
     assert!(store.query_by_hash_part(&top).unwrap().is_none());
-    assert!(store.query_by_hash_part(&hash_of(&paths[0])).unwrap().is_some());
+    assert!(store
+        .query_by_hash_part(&hash_of(&paths[0]))
+        .unwrap()
+        .is_some());
 }

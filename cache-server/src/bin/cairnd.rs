@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Bytes of compressed NAR variants kept on disk; 0 disables. [default: 1073741824]
     #[arg(long)]
     variant_cache_bytes: Option<u64>,
+    /// Rendered local-store narinfos kept in memory while Nix's database is unchanged;
+    /// 0 disables. [default: 8192]
+    #[arg(long)]
+    narinfo_cache_entries: Option<usize>,
     /// Secret key file (name:base64); repeat for several keys (each adds a Sig line).
     #[arg(long = "sign-key-path")]
     sign_key_paths: Vec<PathBuf>,
@@ -118,6 +122,7 @@ impl ServeArgs {
             xz_level,
             max_encoders,
             variant_cache_bytes,
+            narinfo_cache_entries,
             virtual_nix_store,
             real_nix_store,
             nix_db_path,
