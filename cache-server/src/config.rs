@@ -109,7 +109,7 @@ pub struct FileConfig {
     pub enable_compression: Option<bool>,
     /// What narinfos advertise for local-store NARs: none, zstd or xz. Default none.
     pub narinfo_compression: Option<NarinfoCompression>,
-    /// zstd level for on-the-fly compression. Default 3.
+    /// zstd level for on-the-fly compression. Default 1.
     pub zstd_level: Option<i32>,
     /// xz preset for on-the-fly compression. Default 2.
     pub xz_level: Option<u32>,
@@ -281,7 +281,7 @@ impl Config {
                 "max_encoders must be at least 1".into(),
             ));
         }
-        let zstd_level = file.zstd_level.unwrap_or(3);
+        let zstd_level = file.zstd_level.unwrap_or(1);
         if !(1..=19).contains(&zstd_level) {
             return Err(ConfigError::Invalid("zstd_level must be 1 to 19".into()));
         }

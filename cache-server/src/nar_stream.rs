@@ -125,6 +125,7 @@ pub enum Plan {
     Compressed {
         encoding: Encoding,
         level: u32,
+        nar_size: u64,
         permit: OwnedSemaphorePermit,
         variant: Option<VariantWriter>,
     },
@@ -164,6 +165,7 @@ fn produce(path: PathBuf, plan: Plan, tx: mpsc::Sender<io::Result<Bytes>>, metri
         Plan::Compressed {
             encoding,
             level,
+            nar_size,
             permit,
             variant,
         } => {
@@ -171,7 +173,8 @@ fn produce(path: PathBuf, plan: Plan, tx: mpsc::Sender<io::Result<Bytes>>, metri
                 sink: ChunkSink::new(tx, 0, None),
                 variant,
             };
-            let result = compress(&path, encoding, level, &mut tee).and_then(|()| tee.sink.ship());
+            let result =
+                compress(&path, encoding, level, nar_size, &mut tee).and_then(|()| tee.sink.ship());
             drop(permit);
             metrics.add_bytes(encoding, tee.sink.sent);
             match result {
@@ -226,6 +229,7 @@ fn compress(
     path: &std::path::Path,
     encoding: Encoding,
     level: u32,
+    nar_size: u64,
     tee: &mut Tee,
 ) -> io::Result<()> {
     let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
@@ -233,6 +237,9 @@ fn compress(
         Encoding::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(tee, level as i32)?;
             enc.include_checksum(true)?;
+            // Small archives get small match tables (most NARs are small), and the
+            // frame records the size; an archive of another size fails the encoder.
+            enc.set_pledged_src_size(Some(nar_size))?;
             nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
             enc.finish()?;
         }
@@ -244,6 +251,44 @@ fn compress(
         Encoding::Identity => unreachable!("identity is not a compressed plan"),
     }
     Ok(())
+}
+
+/// Streams `len` bytes of a file already in its final form (a cached variant, a stored
+/// blob) from `start` on, read on the blocking pool straight into the chunks that go
+/// out: one blocking task per response rather than one per read. A file that ends
+/// early aborts the connection.
+pub fn spawn_file(
+    mut file: std::fs::File,
+    start: u64,
+    len: u64,
+    encoding: Encoding,
+    metrics: Arc<Metrics>,
+) -> Body {
+    use std::io::{Read, Seek};
+    let (tx, rx) = mpsc::channel(DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let mut sent = 0u64;
+        let result = (|| -> io::Result<()> {
+            if start > 0 {
+                file.seek(io::SeekFrom::Start(start))?;
+            }
+            while sent < len {
+                let n = (len - sent).min(CHUNK as u64) as usize;
+                let mut chunk = BytesMut::zeroed(n);
+                file.read_exact(&mut chunk)?;
+                tx.blocking_send(Ok(chunk.freeze()))
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
+                sent += n as u64;
+            }
+            Ok(())
+        })();
+        metrics.add_bytes(encoding, sent);
+        if let Err(e) = result {
+            abort(&metrics, std::path::Path::new("<stored file>"), &e);
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    Body::from_stream(ReceiverStream::new(rx))
 }
 
 /// Streams the NAR inside a compressed blob, decompressed on the blocking pool. The

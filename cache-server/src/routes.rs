@@ -544,7 +544,7 @@ async fn nar(
         builder = builder.header(header::CONTENT_ENCODING, "zstd");
     }
     if let Some((path, len)) = s.variants.get(&variant_key) {
-        match tokio::fs::File::open(&path).await {
+        match std::fs::File::open(&path) {
             Ok(file) => {
                 s.metrics
                     .variant_cache_hits
@@ -552,11 +552,7 @@ async fn nar(
                 let body = if head {
                     Body::empty()
                 } else {
-                    s.metrics.add_bytes(encoding, len);
-                    Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                        file,
-                        256 * 1024,
-                    ))
+                    nar_stream::spawn_file(file, 0, len, encoding, s.metrics.clone())
                 };
                 return Ok(builder
                     .header(header::CONTENT_LENGTH, len)
@@ -579,6 +575,7 @@ async fn nar(
         Plan::Compressed {
             encoding,
             level,
+            nar_size: info.nar_size,
             permit,
             variant,
         },
@@ -632,23 +629,12 @@ async fn cache_nar(
         let body = if head {
             Body::empty()
         } else {
-            use tokio::io::{AsyncReadExt, AsyncSeekExt};
-            let mut file = tokio::fs::File::from_std(file);
-            if start > 0 {
-                file.seek(std::io::SeekFrom::Start(start)).await?;
-            }
-            s.metrics.add_bytes(
-                match blob.compression {
-                    Compression::Zstd => Encoding::Zstd,
-                    Compression::Xz => Encoding::Xz,
-                    Compression::None | Compression::Bzip2 => Encoding::Identity,
-                },
-                n,
-            );
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file.take(n),
-                256 * 1024,
-            ))
+            let encoding = match blob.compression {
+                Compression::Zstd => Encoding::Zstd,
+                Compression::Xz => Encoding::Xz,
+                Compression::None | Compression::Bzip2 => Encoding::Identity,
+            };
+            nar_stream::spawn_file(file, start, n, encoding, s.metrics.clone())
         };
         return Ok(builder
             .status(status)

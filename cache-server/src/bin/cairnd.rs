@@ -61,7 +61,7 @@ struct ServeArgs {
     /// What narinfos advertise for NARs: none, zstd or xz. [default: none]
     #[arg(long, value_enum)]
     narinfo_compression: Option<NarinfoCompression>,
-    /// zstd level for on-the-fly compression, 1-19. [default: 3]
+    /// zstd level for on-the-fly compression, 1-19. [default: 1]
     #[arg(long)]
     zstd_level: Option<i32>,
     /// xz preset for on-the-fly compression, 0-9. [default: 2]
