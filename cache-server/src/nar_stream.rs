@@ -225,6 +225,11 @@ impl Write for Tee {
     }
 }
 
+thread_local! {
+    static ZSTD_CONTEXT: std::cell::RefCell<zstd::zstd_safe::CCtx<'static>> =
+        std::cell::RefCell::new(zstd::zstd_safe::CCtx::create());
+}
+
 fn compress(
     path: &std::path::Path,
     encoding: Encoding,
@@ -234,15 +239,19 @@ fn compress(
 ) -> io::Result<()> {
     let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
     match encoding {
-        Encoding::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(tee, level as i32)?;
+        Encoding::Zstd => ZSTD_CONTEXT.with_borrow_mut(|ctx| -> io::Result<()> {
+            // A context per blocking thread, reused: most NARs are small, and setting
+            // up a fresh context would cost more than compressing them.
+            let mut enc = zstd::stream::write::Encoder::with_context(tee, ctx);
+            enc.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32))?;
             enc.include_checksum(true)?;
             // Small archives get small match tables (most NARs are small), and the
             // frame records the size; an archive of another size fails the encoder.
             enc.set_pledged_src_size(Some(nar_size))?;
             nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
             enc.finish()?;
-        }
+            Ok(())
+        })?,
         Encoding::Xz => {
             let mut enc = xz2::write::XzEncoder::new(tee, level);
             nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;

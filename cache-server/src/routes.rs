@@ -22,6 +22,7 @@ use crate::error::ServerError;
 use crate::metrics::{Encoding, Route};
 use crate::nar_stream::{self, Plan};
 use crate::state::AppState;
+use crate::variants::Variant;
 use crate::{api, upload};
 use store::blobs::Compression;
 use store::meta::{PathRecord, Scope};
@@ -543,24 +544,33 @@ async fn nar(
     if req.ext.is_empty() {
         builder = builder.header(header::CONTENT_ENCODING, "zstd");
     }
-    if let Some((path, len)) = s.variants.get(&variant_key) {
-        match std::fs::File::open(&path) {
-            Ok(file) => {
-                s.metrics
-                    .variant_cache_hits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let body = if head {
-                    Body::empty()
-                } else {
-                    nar_stream::spawn_file(file, 0, len, encoding, s.metrics.clone())
-                };
-                return Ok(builder
-                    .header(header::CONTENT_LENGTH, len)
-                    .body(body)
-                    .expect("valid response"));
+    let cached = match s.variants.get(&variant_key) {
+        Some(Variant::Memory(bytes)) => Some((bytes.len() as u64, Ok(bytes))),
+        Some(Variant::File(path, len)) => match std::fs::File::open(&path) {
+            Ok(file) => Some((len, Err(file))),
+            Err(_) => {
+                s.variants.forget(&variant_key);
+                None
             }
-            Err(_) => s.variants.forget(&variant_key),
-        }
+        },
+        None => None,
+    };
+    if let Some((len, source)) = cached {
+        s.metrics
+            .variant_cache_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = match source {
+            _ if head => Body::empty(),
+            Ok(bytes) => {
+                s.metrics.add_bytes(encoding, len);
+                Body::from(bytes)
+            }
+            Err(file) => nar_stream::spawn_file(file, 0, len, encoding, s.metrics.clone()),
+        };
+        return Ok(builder
+            .header(header::CONTENT_LENGTH, len)
+            .body(body)
+            .expect("valid response"));
     }
     if head {
         return Ok(builder.body(Body::empty()).expect("valid response"));

@@ -95,11 +95,14 @@ impl AppState {
             source,
         })?;
         let vdir = config.data_dir.join("variants");
-        let variants = VariantCache::open(&vdir, config.variant_cache_bytes).map_err(|source| {
-            StartError::Variants {
-                path: vdir.display().to_string(),
-                source,
-            }
+        let variants = VariantCache::open(
+            &vdir,
+            config.variant_cache_bytes,
+            config.variant_memory_bytes,
+        )
+        .map_err(|source| StartError::Variants {
+            path: vdir.display().to_string(),
+            source,
         })?;
         let auth = Auth::new(config.private, &config.tokens)?;
         let trusted = signer::TrustedKeys::parse_list(&config.trusted_public_keys.join(" "))

@@ -1,8 +1,15 @@
-//! A bounded on-disk cache of compressed NAR variants (`<narhash>.zst3`, …), so a hot
-//! NAR is compressed once and then served from disk like a static file. Entries are
-//! named by NarHash and encoder settings, written to a temp file while the first
-//! client is served and renamed into place only when the whole archive was produced.
-//! Least recently used entries are evicted once the total passes the budget.
+//! A bounded cache of compressed NAR variants (`<narhash>.zst1`, …), so a hot NAR is
+//! compressed once and then served like a static file. Entries are named by NarHash
+//! and encoder settings and made while the first client is served; an entry exists
+//! only once the whole archive was produced.
+//!
+//! Small variants (most NARs are a few KiB) stay in memory: a file per entry would cost
+//! more in inode creation than compressing them did. Larger ones go to a temp file
+//! renamed into place under `data_dir/variants`. Each tier evicts its least recently
+//! used entries past its own budget.
+//!
+//! The files are a cache and are not fsynced; instead the directory is emptied at
+//! start, so a file torn by a crash can never be served.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -10,111 +17,123 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
+
+/// Variants up to this size are kept in memory.
+pub const MEMORY_ENTRY_MAX: usize = 64 * 1024;
 
 pub struct VariantCache {
     dir: PathBuf,
     max_bytes: u64,
+    memory_max: u64,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
-    entries: LruCache<String, u64>,
-    total: u64,
+    files: LruCache<String, u64>,
+    files_total: u64,
+    memory: LruCache<String, Bytes>,
+    memory_total: u64,
     in_progress: HashSet<String>,
 }
 
+/// A cached variant.
+pub enum Variant {
+    File(PathBuf, u64),
+    Memory(Bytes),
+}
+
 impl VariantCache {
-    /// Opens (creating) the cache directory, drops leftover temp files and indexes what
-    /// is there, oldest first.
-    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Arc<Self>> {
+    /// Opens (creating) the cache directory and empties it. `max_bytes` bounds the
+    /// files, `memory_max` the small variants held in memory; `max_bytes` 0 turns the
+    /// whole cache off.
+    pub fn open(dir: &Path, max_bytes: u64, memory_max: u64) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
-        let mut found = Vec::new();
+        let mut removed = 0usize;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") {
-                let _ = std::fs::remove_file(entry.path());
-                continue;
-            }
-            let meta = entry.metadata()?;
-            if meta.is_file() {
-                found.push((meta.modified().ok(), name, meta.len()));
+            if entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
             }
         }
-        found.sort();
-        let mut inner = Inner {
-            entries: LruCache::unbounded(),
-            total: 0,
-            in_progress: HashSet::new(),
-        };
-        for (_, name, len) in found {
-            inner.total += len;
-            inner.entries.put(name, len);
+        if removed > 0 {
+            tracing::debug!(removed, "emptied the variant cache");
         }
-        let cache = Arc::new(VariantCache {
+        Ok(Arc::new(VariantCache {
             dir: dir.to_path_buf(),
             max_bytes,
-            inner: Mutex::new(inner),
-        });
-        cache.evict();
-        Ok(cache)
+            memory_max: if max_bytes == 0 { 0 } else { memory_max },
+            inner: Mutex::new(Inner {
+                files: LruCache::unbounded(),
+                files_total: 0,
+                memory: LruCache::unbounded(),
+                memory_total: 0,
+                in_progress: HashSet::new(),
+            }),
+        }))
     }
 
-    /// The file of a cached variant and its size, marking it recently used.
-    pub fn get(&self, key: &str) -> Option<(PathBuf, u64)> {
+    /// A cached variant, marking it recently used.
+    pub fn get(&self, key: &str) -> Option<Variant> {
         let mut inner = self.inner.lock();
-        let len = *inner.entries.get(key)?;
-        Some((self.dir.join(key), len))
+        if let Some(bytes) = inner.memory.get(key) {
+            return Some(Variant::Memory(bytes.clone()));
+        }
+        let len = *inner.files.get(key)?;
+        Some(Variant::File(self.dir.join(key), len))
     }
 
     /// Forgets an entry whose file turned out to be missing.
     pub fn forget(&self, key: &str) {
         let mut inner = self.inner.lock();
-        if let Some(len) = inner.entries.pop(key) {
-            inner.total -= len;
+        if let Some(len) = inner.files.pop(key) {
+            inner.files_total -= len;
         }
     }
 
-    /// Starts writing a variant, unless one is being written already or the cache is off.
+    /// Starts making a variant, unless one is being made already or the cache is off.
     pub fn begin(self: &Arc<Self>, key: &str) -> Option<VariantWriter> {
         if self.max_bytes == 0 {
             return None;
         }
         {
             let mut inner = self.inner.lock();
-            if inner.entries.contains(key) || !inner.in_progress.insert(key.to_string()) {
+            if inner.files.contains(key)
+                || inner.memory.contains(key)
+                || !inner.in_progress.insert(key.to_string())
+            {
                 return None;
             }
         }
-        let tmp = self.dir.join(format!(".tmp-{key}"));
-        match File::create(&tmp) {
-            Ok(file) => Some(VariantWriter {
-                cache: Arc::clone(self),
-                key: key.to_string(),
-                tmp,
-                file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
-                len: 0,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create a variant cache file");
-                self.inner.lock().in_progress.remove(key);
-                None
-            }
-        }
+        Some(VariantWriter {
+            cache: Arc::clone(self),
+            key: key.to_string(),
+            small: Vec::new(),
+            file: None,
+            len: 0,
+            failed: false,
+        })
     }
 
     fn evict(&self) {
         let mut victims = Vec::new();
         {
             let mut inner = self.inner.lock();
-            while inner.total > self.max_bytes {
-                match inner.entries.pop_lru() {
+            while inner.files_total > self.max_bytes {
+                match inner.files.pop_lru() {
                     Some((k, len)) => {
-                        inner.total -= len;
+                        inner.files_total -= len;
                         victims.push(k);
                     }
+                    None => break,
+                }
+            }
+            while inner.memory_total > self.memory_max {
+                match inner.memory.pop_lru() {
+                    Some((_, b)) => inner.memory_total -= b.len() as u64,
                     None => break,
                 }
             }
@@ -124,63 +143,104 @@ impl VariantCache {
         }
     }
 
-    pub fn total_bytes(&self) -> u64 {
-        self.inner.lock().total
+    /// Bytes held (files, memory).
+    pub fn totals(&self) -> (u64, u64) {
+        let inner = self.inner.lock();
+        (inner.files_total, inner.memory_total)
+    }
+
+    fn tmp_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!(".tmp-{key}"))
     }
 }
 
-/// A variant being written; removed on drop unless committed.
+/// A variant being made: in memory while small, in a temp file once it grows past
+/// [`MEMORY_ENTRY_MAX`]. Dropped without `commit`, it leaves nothing behind.
 pub struct VariantWriter {
     cache: Arc<VariantCache>,
     key: String,
-    tmp: PathBuf,
+    small: Vec<u8>,
     file: Option<io::BufWriter<File>>,
     len: u64,
+    /// A write failed: the variant is abandoned, the client is not disturbed.
+    failed: bool,
+}
+
+impl VariantWriter {
+    fn spill(&mut self) -> io::Result<()> {
+        let file = File::create(self.cache.tmp_path(&self.key))?;
+        let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+        w.write_all(&self.small)?;
+        self.small = Vec::new();
+        self.file = Some(w);
+        Ok(())
+    }
+
+    fn write_inner(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.file.is_none() && self.small.len() + data.len() > MEMORY_ENTRY_MAX {
+            self.spill()?;
+        }
+        match self.file.as_mut() {
+            Some(f) => f.write_all(data)?,
+            None => self.small.extend_from_slice(data),
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Keeps the finished variant. The cache is only an optimisation, so failures are
+    /// logged and the variant dropped.
+    pub fn commit(mut self) {
+        if self.failed {
+            return;
+        }
+        let cache = Arc::clone(&self.cache);
+        match self.file.take() {
+            None => {
+                let bytes = Bytes::from(std::mem::take(&mut self.small));
+                let mut inner = cache.inner.lock();
+                inner.memory_total += bytes.len() as u64;
+                inner.memory.put(self.key.clone(), bytes);
+            }
+            Some(file) => {
+                let tmp = cache.tmp_path(&self.key);
+                let done = file
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|_| std::fs::rename(&tmp, cache.dir.join(&self.key)));
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "could not keep a compressed variant");
+                    let _ = std::fs::remove_file(&tmp);
+                    return;
+                }
+                let mut inner = cache.inner.lock();
+                inner.files_total += self.len;
+                inner.files.put(self.key.clone(), self.len);
+            }
+        }
+        cache.evict();
+    }
 }
 
 impl Write for VariantWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("closed"))?;
-        let n = f.write(data)?;
-        self.len += n as u64;
-        Ok(n)
+        if !self.failed {
+            if let Err(e) = self.write_inner(data) {
+                tracing::warn!(error = %e, "cannot write a compressed variant");
+                self.failed = true;
+            }
+        }
+        Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
 
-impl VariantWriter {
-    /// Moves the finished variant into place. The cache is only an optimisation, so
-    /// failures are logged and the variant dropped.
-    pub fn commit(mut self) {
-        let Some(file) = self.file.take() else { return };
-        let done = file
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_data())
-            .and_then(|()| std::fs::rename(&self.tmp, self.cache.dir.join(&self.key)));
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "could not keep a compressed variant");
-            let _ = std::fs::remove_file(&self.tmp);
-            return;
-        }
-        {
-            let mut inner = self.cache.inner.lock();
-            inner.total += self.len;
-            inner.entries.put(self.key.clone(), self.len);
-        }
-        self.cache.evict();
-    }
-}
-
 impl Drop for VariantWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(self.cache.tmp_path(&self.key));
         }
         self.cache.inner.lock().in_progress.remove(&self.key);
     }
@@ -190,35 +250,74 @@ impl Drop for VariantWriter {
 mod tests {
     use super::*;
 
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn commit_get_evict_and_abandon() {
+    fn small_variants_live_in_memory_within_their_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = VariantCache::open(dir.path(), 10).unwrap();
+        let cache = VariantCache::open(dir.path(), 1 << 30, 10).unwrap();
         let mut w = cache.begin("a").unwrap();
         assert!(cache.begin("a").is_none(), "one writer per key");
         w.write_all(b"123456").unwrap();
         w.commit();
-        assert_eq!(cache.get("a").unwrap().1, 6);
+        assert!(matches!(cache.get("a"), Some(Variant::Memory(b)) if &b[..] == b"123456"));
         let mut w = cache.begin("b").unwrap();
         w.write_all(b"12345").unwrap();
         w.commit();
         // 11 bytes > 10: "a" was least recently used and goes.
         assert!(cache.get("a").is_none());
-        assert!(!dir.path().join("a").exists());
-        assert_eq!(cache.get("b").unwrap().1, 5);
+        assert!(cache.get("b").is_some());
+        assert!(
+            files_in(dir.path()).is_empty(),
+            "no file for small variants"
+        );
+    }
+
+    #[test]
+    fn large_variants_go_to_files_and_are_evicted_past_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; MEMORY_ENTRY_MAX + 1];
+        let budget = (2 * big.len() - 1) as u64;
+        let cache = VariantCache::open(dir.path(), budget, 1 << 20).unwrap();
+        for key in ["a", "b"] {
+            let mut w = cache.begin(key).unwrap();
+            w.write_all(&big[..10]).unwrap();
+            w.write_all(&big[10..]).unwrap();
+            w.commit();
+        }
+        assert!(cache.get("a").is_none(), "evicted");
+        match cache.get("b") {
+            Some(Variant::File(p, len)) => {
+                assert_eq!(len, big.len() as u64);
+                assert_eq!(std::fs::read(p).unwrap(), big);
+            }
+            _ => panic!("b is a file variant"),
+        }
+        assert_eq!(files_in(dir.path()), vec!["b".to_string()]);
         // An abandoned writer leaves nothing behind.
         let mut w = cache.begin("c").unwrap();
-        w.write_all(b"xx").unwrap();
+        w.write_all(&big).unwrap();
         drop(w);
         assert!(cache.get("c").is_none());
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("b")]);
-        // Reopening finds what is there.
+        assert_eq!(files_in(dir.path()), vec!["b".to_string()]);
+        // Reopening starts empty: unsynced files are never trusted after a restart.
         drop(cache);
-        let cache = VariantCache::open(dir.path(), 10).unwrap();
-        assert_eq!(cache.total_bytes(), 5);
+        let cache = VariantCache::open(dir.path(), budget, 1 << 20).unwrap();
+        assert_eq!(cache.totals(), (0, 0));
+        assert!(files_in(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn off_means_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = VariantCache::open(dir.path(), 0, 1 << 20).unwrap();
+        assert!(cache.begin("a").is_none());
     }
 }

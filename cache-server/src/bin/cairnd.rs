@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Bytes of compressed NAR variants kept on disk; 0 disables. [default: 1073741824]
     #[arg(long)]
     variant_cache_bytes: Option<u64>,
+    /// Memory for compressed variants up to 64 KiB (kept in memory, not in files).
+    /// [default: 16777216]
+    #[arg(long)]
+    variant_memory_bytes: Option<u64>,
     /// Rendered local-store narinfos kept in memory while Nix's database is unchanged;
     /// 0 disables. [default: 8192]
     #[arg(long)]
@@ -122,6 +126,7 @@ impl ServeArgs {
             xz_level,
             max_encoders,
             variant_cache_bytes,
+            variant_memory_bytes,
             narinfo_cache_entries,
             virtual_nix_store,
             real_nix_store,
