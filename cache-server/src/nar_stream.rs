@@ -225,10 +225,14 @@ impl Write for Tee {
     }
 }
 
-thread_local! {
-    static ZSTD_CONTEXT: std::cell::RefCell<zstd::zstd_safe::CCtx<'static>> =
-        std::cell::RefCell::new(zstd::zstd_safe::CCtx::create());
-}
+/// Compression contexts kept between responses: most NARs are small, and setting up
+/// a fresh context would cost more than compressing them. At most `max_encoders` are
+/// in use at once (the permit), so the pool stays that small.
+static ZSTD_CONTEXTS: parking_lot::Mutex<Vec<zstd::zstd_safe::CCtx<'static>>> =
+    parking_lot::Mutex::new(Vec::new());
+
+/// Contexts kept beyond those in use; more would only hold memory.
+const ZSTD_CONTEXTS_KEPT: usize = 4;
 
 fn compress(
     path: &std::path::Path,
@@ -239,19 +243,18 @@ fn compress(
 ) -> io::Result<()> {
     let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
     match encoding {
-        Encoding::Zstd => ZSTD_CONTEXT.with_borrow_mut(|ctx| -> io::Result<()> {
-            // A context per blocking thread, reused: most NARs are small, and setting
-            // up a fresh context would cost more than compressing them.
-            let mut enc = zstd::stream::write::Encoder::with_context(tee, ctx);
-            enc.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32))?;
-            enc.include_checksum(true)?;
-            // Small archives get small match tables (most NARs are small), and the
-            // frame records the size; an archive of another size fails the encoder.
-            enc.set_pledged_src_size(Some(nar_size))?;
-            nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
-            enc.finish()?;
-            Ok(())
-        })?,
+        Encoding::Zstd => {
+            let mut ctx = ZSTD_CONTEXTS
+                .lock()
+                .pop()
+                .unwrap_or_else(zstd::zstd_safe::CCtx::create);
+            let result = zstd_into(&mut ctx, path, level, nar_size, tee);
+            let mut pool = ZSTD_CONTEXTS.lock();
+            if pool.len() < ZSTD_CONTEXTS_KEPT {
+                pool.push(ctx);
+            }
+            result?;
+        }
         Encoding::Xz => {
             let mut enc = xz2::write::XzEncoder::new(tee, level);
             nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
@@ -259,6 +262,25 @@ fn compress(
         }
         Encoding::Identity => unreachable!("identity is not a compressed plan"),
     }
+    Ok(())
+}
+
+fn zstd_into(
+    ctx: &mut zstd::zstd_safe::CCtx<'static>,
+    path: &std::path::Path,
+    level: u32,
+    nar_size: u64,
+    tee: &mut Tee,
+) -> io::Result<()> {
+    let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
+    let mut enc = zstd::stream::write::Encoder::with_context(tee, ctx);
+    enc.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32))?;
+    enc.include_checksum(true)?;
+    // Small archives get small match tables (most NARs are small), and the
+    // frame records the size; an archive of another size fails the encoder.
+    enc.set_pledged_src_size(Some(nar_size))?;
+    nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
+    enc.finish()?;
     Ok(())
 }
 
@@ -283,9 +305,16 @@ pub fn spawn_file(
             }
             while sent < len {
                 let n = (len - sent).min(CHUNK as u64) as usize;
-                let mut chunk = BytesMut::zeroed(n);
-                file.read_exact(&mut chunk)?;
-                tx.blocking_send(Ok(chunk.freeze()))
+                // `read_to_end` on a `File` fills spare capacity without zeroing it first.
+                let mut chunk = Vec::with_capacity(n);
+                (&mut file).take(n as u64).read_to_end(&mut chunk)?;
+                if chunk.len() != n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stored file is shorter than recorded",
+                    ));
+                }
+                tx.blocking_send(Ok(Bytes::from(chunk)))
                     .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
                 sent += n as u64;
             }
