@@ -275,7 +275,8 @@ fn zstd_into(
     let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
     let mut enc = zstd::stream::write::Encoder::with_context(tee, ctx);
     enc.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32))?;
-    enc.include_checksum(true)?;
+    // No frame checksum: clients check the NarHash of what they unpack anyway.
+    enc.include_checksum(false)?;
     // Small archives get small match tables (most NARs are small), and the
     // frame records the size; an archive of another size fails the encoder.
     enc.set_pledged_src_size(Some(nar_size))?;

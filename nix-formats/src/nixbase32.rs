@@ -30,8 +30,23 @@ pub const fn decoded_len(chars: usize) -> usize {
     chars * 5 / 8
 }
 
+/// Digit value of every byte, `0xff` for bytes outside the alphabet: decoding sits on
+/// the narinfo hot path, where a search of the alphabet per character shows up.
+const DIGITS: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn digit(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    match DIGITS[c as usize] {
+        0xff => None,
+        d => Some(d),
+    }
 }
 
 /// True when every byte is in the nixbase32 alphabet.
