@@ -93,7 +93,11 @@ impl IntoResponse for ServerError {
                 | ServerError::RangeNotSatisfiable(_) => {}
             }
         }
-        let mut resp = (status, format!("{self}\n")).into_response();
+        let mut resp = match self {
+            // The common case, without formatting anything.
+            ServerError::NotFound => (status, "not found\n").into_response(),
+            _ => (status, format!("{self}\n")).into_response(),
+        };
         if let ServerError::Unauthorized = self {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

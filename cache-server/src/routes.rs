@@ -207,7 +207,12 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
     if let Some(body) = generation.and_then(|g| s.narinfos.get(hash, g)) {
         return Ok(narinfo_response(body));
     }
-    let info = lookup_local(s, hash)?;
+    let info = match &s.store {
+        Some(local) => local
+            .query_by_hash_part(hash)?
+            .ok_or(ServerError::NotFound)?,
+        None => return Err(ServerError::NotFound),
+    };
     let body = Bytes::from(render_local_narinfo(s, &info));
     if let Some(g) = generation {
         s.narinfos.insert(hash, g, body.clone());
