@@ -209,7 +209,7 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
     }
     let info = match &s.store {
         Some(local) => local
-            .query_by_hash_part(hash)?
+            .query_by_hash_part_under(hash, generation)?
             .ok_or(ServerError::NotFound)?,
         None => return Err(ServerError::NotFound),
     };

@@ -152,8 +152,8 @@ impl LocalStore {
 
     /// `false` only when the database certainly holds no path with this hash part
     /// (exact as of this call: see the `watch` module); `true` when it may.
-    fn may_have(&self, hash_part: &str) -> Result<bool, StoreError> {
-        let Some(generation) = self.generation() else {
+    fn may_have(&self, hash_part: &str, generation: Option<u64>) -> Result<bool, StoreError> {
+        let Some(generation) = generation.or_else(|| self.generation()) else {
             return Ok(true);
         };
         let mut known = self.known.lock();
@@ -172,7 +172,17 @@ impl LocalStore {
     /// Looks a path up by the 32-character hash part a narinfo request names.
     /// Returns `None` for a malformed hash part as well as for an unknown one.
     pub fn query_by_hash_part(&self, hash_part: &str) -> Result<Option<PathInfo>, StoreError> {
-        if parse_hash_part(hash_part).is_err() || !self.may_have(hash_part)? {
+        self.query_by_hash_part_under(hash_part, None)
+    }
+
+    /// [`Self::query_by_hash_part`] for a caller that has just read
+    /// [`Self::generation`]: saves reading it again.
+    pub fn query_by_hash_part_under(
+        &self,
+        hash_part: &str,
+        generation: Option<u64>,
+    ) -> Result<Option<PathInfo>, StoreError> {
+        if parse_hash_part(hash_part).is_err() || !self.may_have(hash_part, generation)? {
             return Ok(None);
         }
         let prefix = format!("{}/{}", self.config.store_dir, hash_part);
