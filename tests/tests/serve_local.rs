@@ -337,9 +337,16 @@ fn narinfo_is_signed_and_matches_nix() {
     );
 }
 
+/// Also: what Nix changes in its database shows on the very next request, although
+/// narinfos are cached in memory (a signature added, a path deleted).
 #[test]
 fn signatures_recorded_by_nix_are_passed_through() {
     let fx = Fixture::new(1);
+    let key = TestKey::new("cairn-test-1");
+    let server = Server::for_root(fx.src.root(), Some(&key));
+    let url = format!("{}/{}.narinfo", server.url(), hash_part(fx.root_path()));
+    let before = NarInfo::parse(&Http::new().get(&url).text()).unwrap();
+    assert!(!before.sigs.iter().any(|s| s.starts_with("upstream-1:")));
     let nix_key_dir = tempfile::tempdir().unwrap();
     let sk = nix_key_dir.path().join("sk");
     let pk = nix_key_dir.path().join("pk");
@@ -364,14 +371,7 @@ fn signatures_recorded_by_nix_are_passed_through() {
             fx.root_path(),
         ],
     );
-    let key = TestKey::new("cairn-test-1");
-    let server = Server::for_root(fx.src.root(), Some(&key));
-    let r = Http::new().get(&format!(
-        "{}/{}.narinfo",
-        server.url(),
-        hash_part(fx.root_path())
-    ));
-    let ni = NarInfo::parse(&r.text()).unwrap();
+    let ni = NarInfo::parse(&Http::new().get(&url).text()).unwrap();
     let upstream = signer::PublicKey::parse(std::fs::read_to_string(&pk).unwrap().trim()).unwrap();
     assert!(
         ni.sigs
@@ -381,6 +381,11 @@ fn signatures_recorded_by_nix_are_passed_through() {
         ni.sigs
     );
     assert!(ni.sigs.iter().any(|s| s.starts_with("cairn-test-1:")));
+    fx.nix.run(
+        "nix-store",
+        &["--store", &fx.src.uri(), "--delete", fx.root_path()],
+    );
+    assert_eq!(Http::new().get(&url).status, 404);
 }
 
 #[test]
