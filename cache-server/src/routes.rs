@@ -199,21 +199,30 @@ fn nar_url(s: &AppState, info: &PathInfo) -> (String, &'static str) {
 
 fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
     parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
-    if let Some(rec) = s.db.get_path(hash)? {
-        return cache_narinfo(s, rec);
-    }
-    // Read before the lookup: a change in between makes the entry stale at once.
-    let generation = s.store.as_ref().and_then(|l| l.generation());
+    // Read before the lookups: a change in between makes the entry stale at once.
+    // No local generation (changes cannot be watched): nothing is cached.
+    let local = s.store.as_ref().map(|l| l.generation());
+    let generation = match local {
+        None => Some((s.db.generation(), 0)),
+        Some(Some(g)) => Some((s.db.generation(), g)),
+        Some(None) => None,
+    };
     if let Some(body) = generation.and_then(|g| s.narinfos.get(hash, g)) {
         return Ok(narinfo_response(body));
     }
-    let info = match &s.store {
-        Some(local) => local
-            .query_by_hash_part_under(hash, generation)?
-            .ok_or(ServerError::NotFound)?,
-        None => return Err(ServerError::NotFound),
+    let body = match s.db.get_path(hash)? {
+        Some(rec) => render_cache_narinfo(s, rec)?,
+        None => {
+            let info = match &s.store {
+                Some(store) => store
+                    .query_by_hash_part_under(hash, local.flatten())?
+                    .ok_or(ServerError::NotFound)?,
+                None => return Err(ServerError::NotFound),
+            };
+            render_local_narinfo(s, &info)
+        }
     };
-    let body = Bytes::from(render_local_narinfo(s, &info));
+    let body = Bytes::from(body);
     if let Some(g) = generation {
         s.narinfos.insert(hash, g, body.clone());
     }
@@ -258,7 +267,8 @@ fn render_local_narinfo(s: &AppState, info: &PathInfo) -> String {
 
 /// The narinfo of an uploaded path: it advertises the stored form, so clients fetch the
 /// stored bytes with no recompression.
-fn cache_narinfo(s: &AppState, rec: PathRecord) -> Result<Response, ServerError> {
+/// The narinfo of an uploaded path, naming its blob as stored, signed.
+fn render_cache_narinfo(s: &AppState, rec: PathRecord) -> Result<String, ServerError> {
     let blob =
         s.db.get_blob(&rec.url_file_hash)?
             .ok_or(ServerError::NotFound)?;
@@ -288,7 +298,7 @@ fn cache_narinfo(s: &AppState, rec: PathRecord) -> Result<Response, ServerError>
             ni.sigs.push(sig);
         }
     }
-    Ok(narinfo_response(Bytes::from(ni.render())))
+    Ok(ni.render())
 }
 
 async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {

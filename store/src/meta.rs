@@ -178,6 +178,9 @@ impl From<redb::DatabaseError> for MetaError {
 /// The cache database. `Send + Sync`; share it. Writes are serialised by redb.
 pub struct CacheDb {
     db: Database,
+    /// Moves after every committed write: what was read under one value stays true
+    /// while it stays the same.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for CacheDb {
@@ -213,7 +216,16 @@ impl CacheDb {
             tx.open_table(TOKEN_IDS)?;
         }
         tx.commit()?;
-        Ok(CacheDb { db })
+        Ok(CacheDb {
+            db,
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// A number that changes after every write this database commits. Read it before
+    /// a lookup to tag what the lookup found (see `cache-server`'s narinfo cache).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Records a blob, replacing any record of the same file hash.
@@ -360,6 +372,8 @@ impl CacheDb {
         let tx = self.db.begin_write()?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(out)
     }
 }
