@@ -7,6 +7,7 @@ mod narpass;
 mod procs;
 mod report;
 mod setup;
+mod uploads;
 mod wrk;
 
 use std::collections::{BTreeMap, HashSet};
@@ -54,6 +55,12 @@ struct Args {
     /// Parallel downloads in the NAR passes.
     #[arg(long, default_value_t = 16)]
     parallel: usize,
+    /// The cachectl binary (push and hook are measured when it has them).
+    #[arg(long, default_value = "target/release/cachectl")]
+    cachectl: PathBuf,
+    /// Skip the upload measurements (issue 3).
+    #[arg(long)]
+    no_uploads: bool,
     /// Random nonexistent hashes the miss runs cycle over.
     #[arg(long, default_value_t = 400_000)]
     miss_hashes: usize,
@@ -336,6 +343,29 @@ async fn bench(args: Args) -> Result<()> {
         peak_rss.push((format!("zstd run {rep} (cold + warm)"), fresh.peak_rss()?));
         fresh.stop();
     }
+
+    // The upload side.
+    let uploads = if args.no_uploads {
+        None
+    } else {
+        let cachectl = absolute(&args.cachectl)?;
+        let ctx = uploads::Ctx {
+            cairnd: &cairnd_bin,
+            cachectl: &cachectl,
+            key: &key,
+            run_dir: &run_dir,
+            pid_file: &pid_file,
+            conf_dir: &conf_dir,
+            root: &args.root,
+            hashes: &hashes,
+            reps: args.reps,
+            parallel: args.parallel,
+            wrk: &wrk_cfg,
+            script: &script,
+            hits: &hits_load,
+        };
+        Some(uploads::run(&ctx, &mut nginx).await?)
+    };
     nginx.stop();
 
     let results = Results {
@@ -361,6 +391,7 @@ async fn bench(args: Args) -> Result<()> {
         zstd_cold: cold,
         zstd_warm: warm,
         nginx_zstd,
+        uploads,
         peak_rss,
         cairnd_log: cairnd_warnings(&run_dir)?,
         wall_minutes: started.elapsed().as_secs_f64() / 60.0,

@@ -75,6 +75,8 @@ pub struct Results {
     pub zstd_cold: Vec<PassSample>,
     pub zstd_warm: Vec<PassSample>,
     pub nginx_zstd: Vec<PassSample>,
+    /// The upload side, when measured.
+    pub uploads: Option<crate::uploads::UploadResults>,
     /// (which cairnd instance, VmHWM bytes)
     pub peak_rss: Vec<(String, u64)>,
     /// Warnings and errors cairnd logged, with counts.
@@ -103,7 +105,7 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn k(x: f64) -> String {
+pub fn k(x: f64) -> String {
     format!("{:.1}k", x / 1000.0)
 }
 
@@ -111,7 +113,7 @@ fn mb(bytes: f64) -> String {
     format!("{:.1} MB", bytes / 1e6)
 }
 
-fn mbps(bytes_per_s: f64) -> String {
+pub fn mbps(bytes_per_s: f64) -> String {
     format!("{:.0} MB/s", bytes_per_s / 1e6)
 }
 
@@ -412,6 +414,10 @@ pub fn render(r: &Results) -> String {
     );
 
     // Verdicts.
+    let upload_lines = match &r.uploads {
+        Some(u) => crate::uploads::render(w, u),
+        None => Vec::new(),
+    };
     let _ = writeln!(w, "## Verdicts\n");
     let lines = [
         (
@@ -462,7 +468,7 @@ pub fn render(r: &Results) -> String {
             format!("peak RSS ≤ 64 MiB: {}", mib(peak)),
         ),
     ];
-    for (ok, text) in &lines {
+    for (ok, text) in lines.iter().chain(&upload_lines) {
         let _ = writeln!(w, "- {}: {text}", verdict(*ok));
     }
     let _ = writeln!(w);
