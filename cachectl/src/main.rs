@@ -3,9 +3,17 @@
 //! Each subcommand is a module with its own `Args` and `run`; this file only parses the
 //! command line and dispatches, so a new subcommand is a new module plus one enum arm.
 
+mod client;
+mod closure;
 mod files;
+mod hook;
 mod keygen;
+mod parts;
+mod progress;
+mod push;
+mod queue;
 mod token;
+mod uploader;
 
 use std::process::ExitCode;
 
@@ -19,7 +27,9 @@ use clap::{Parser, Subcommand};
     long_about = "Command line for the Cairn Nix binary cache.\n\n\
                   `keygen` creates the ed25519 signing keys the cache signs narinfos \
                   with; `token` creates, lists and revokes access tokens through the \
-                  cache's admin API.",
+                  cache's admin API; `push` uploads store paths and their closures; \
+                  `hook` (Nix's post-build-hook) queues built paths and `uploader` \
+                  uploads what is queued.",
     propagate_version = true
 )]
 struct Cli {
@@ -31,13 +41,35 @@ struct Cli {
 enum Command {
     Keygen(keygen::Args),
     Token(token::Args),
+    Push(push::Args),
+    Hook(hook::Args),
+    Uploader(uploader::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A post-build-hook that fails stops Nix's builds: even a mistyped hook
+            // command line must not.
+            let is_hook = std::env::args().nth(1).as_deref() == Some("hook");
+            let _ = e.print();
+            return if is_hook || !e.use_stderr() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
     let result = match cli.command {
         Command::Keygen(args) => keygen::run(args),
         Command::Token(args) => token::run(args),
+        Command::Push(args) => push::run(args),
+        Command::Hook(args) => {
+            hook::run(args);
+            Ok(())
+        }
+        Command::Uploader(args) => uploader::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
