@@ -651,14 +651,20 @@ async fn cache_nar(
             }
             None => (StatusCode::OK, 0, len),
         };
+        let encoding = match blob.compression {
+            Compression::Zstd => Encoding::Zstd,
+            Compression::Xz => Encoding::Xz,
+            Compression::None | Compression::Bzip2 => Encoding::Identity,
+        };
         let body = if head {
             Body::empty()
+        } else if n == len && len <= crate::variants::MEMORY_ENTRY_MAX as u64 {
+            // Small blobs (most of them) are kept in memory once read: a blocking
+            // task and a channel per request cost more than the bytes.
+            let bytes = small_blob(s, file_hash, file, len).await?;
+            s.metrics.add_bytes(encoding, len);
+            Body::from(bytes)
         } else {
-            let encoding = match blob.compression {
-                Compression::Zstd => Encoding::Zstd,
-                Compression::Xz => Encoding::Xz,
-                Compression::None | Compression::Bzip2 => Encoding::Identity,
-            };
             nar_stream::spawn_file(file, start, n, encoding, s.metrics.clone())
         };
         return Ok(builder
@@ -720,6 +726,34 @@ async fn build_log(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// The bytes of a small stored blob, from the memory tier of the variant cache or read
+/// (and kept there). Blobs are immutable under their file hash, so a copy never goes
+/// stale; one shorter than recorded is an error, never a short body.
+async fn small_blob(
+    s: &AppState,
+    file_hash: &Hash,
+    file: std::fs::File,
+    len: u64,
+) -> Result<Bytes, ServerError> {
+    let key = format!("blob-{}", file_hash.to_nix32());
+    if let Some(Variant::Memory(bytes)) = s.variants.get(&key) {
+        return Ok(bytes);
+    }
+    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut v)?;
+        Ok(v)
+    })
+    .await??;
+    if bytes.len() as u64 != len {
+        tracing::error!(file_hash = %file_hash, "a stored blob is shorter than recorded");
+        return Err(ServerError::Io(std::io::Error::other("short blob")));
+    }
+    let bytes = Bytes::from(bytes);
+    s.variants.put_memory(&key, bytes.clone());
+    Ok(bytes)
 }
 
 /// A slot among the `max_encoders` compressing or decompressing streams.

@@ -86,6 +86,23 @@ impl VariantCache {
         Some(Variant::File(self.dir.join(key), len))
     }
 
+    /// Keeps small bytes (at most [`MEMORY_ENTRY_MAX`]) made elsewhere in the memory tier,
+    /// e.g. a small stored blob; `false` when they are too large or the cache is off.
+    pub fn put_memory(&self, key: &str, bytes: Bytes) -> bool {
+        if self.memory_max == 0 || bytes.len() > MEMORY_ENTRY_MAX {
+            return false;
+        }
+        {
+            let mut inner = self.inner.lock();
+            inner.memory_total += bytes.len() as u64;
+            if let Some(old) = inner.memory.put(key.to_string(), bytes) {
+                inner.memory_total -= old.len() as u64;
+            }
+        }
+        self.evict();
+        true
+    }
+
     /// Forgets an entry whose file turned out to be missing.
     pub fn forget(&self, key: &str) {
         let mut inner = self.inner.lock();
