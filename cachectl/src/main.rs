@@ -5,6 +5,7 @@
 
 mod client;
 mod closure;
+mod drv;
 mod files;
 mod hook;
 mod keygen;

@@ -186,8 +186,16 @@ async fn round(pusher: &Pusher, queue: &Queue, batch: &[PathBuf]) -> Option<Stri
 fn roots(pusher: &Pusher, file: &Path) -> Result<Vec<StorePath>> {
     let entry = Queue::read(file)?;
     let dir = pusher.store().store_dir();
-    let roots = entry
-        .out_paths
+    let paths = match (&entry.out_paths[..], &entry.drv_path) {
+        ([], Some(drv)) => {
+            let drv = dir
+                .parse_path(drv)
+                .map_err(|e| anyhow::anyhow!("{drv:?} is not a store path in {dir}: {e}"))?;
+            crate::drv::outputs_of_file(&pusher.store().real_path(&drv))?
+        }
+        (paths, _) => paths.to_vec(),
+    };
+    let roots = paths
         .iter()
         .map(|p| {
             dir.parse_path(p)
@@ -225,6 +233,9 @@ fn describe(entries: &[PathBuf]) -> String {
                 .to_string_lossy()
                 .into_owned();
             match Queue::read(f) {
+                Ok(e) if e.out_paths.is_empty() => {
+                    format!("{name} ({})", e.drv_path.unwrap_or_default())
+                }
                 Ok(e) => format!("{name} ({})", e.out_paths.join(" ")),
                 Err(_) => name,
             }

@@ -121,3 +121,21 @@ impl Drop for Server {
         }
     }
 }
+
+/// The `cachectl` binary of this build (`target/<profile>/cachectl`, next to the test
+/// executable's `deps/`). `cargo test --workspace` builds it; alone,
+/// `cargo test -p cairn-tests` needs `cargo build -p cachectl` first.
+pub fn cachectl_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("cachectl");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p cachectl`",
+        bin.display()
+    );
+    bin
+}
