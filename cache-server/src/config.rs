@@ -166,6 +166,11 @@ pub struct FileConfig {
     /// Free space the blob disk always keeps; uploads that would eat into it get 507.
     /// Default 256 MiB.
     pub reserve_bytes: Option<u64>,
+    /// Most NAR bytes per part of a resumable upload session (docs/api.md). Default
+    /// 64 MiB; keep parts under the body limit of any proxy in front of the cache.
+    pub upload_part_bytes: Option<u64>,
+    /// Largest build log upload (`PUT /log/<drv>`), decompressed. Default 64 MiB.
+    pub max_log_bytes: Option<u64>,
     /// Serve the local Nix store too. Default: when its database exists.
     pub serve_local_store: Option<bool>,
 }
@@ -212,6 +217,8 @@ pub struct Config {
     pub allow_missing_references: bool,
     pub max_nar_upload_bytes: u64,
     pub reserve_bytes: u64,
+    pub upload_part_bytes: u64,
+    pub max_log_bytes: u64,
     pub serve_local_store: Option<bool>,
 }
 
@@ -293,6 +300,12 @@ impl Config {
         if xz_level > 9 {
             return Err(ConfigError::Invalid("xz_level must be 0 to 9".into()));
         }
+        let upload_part_bytes = file.upload_part_bytes.unwrap_or(64 << 20);
+        if upload_part_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "upload_part_bytes must be at least 1 MiB (1048576)".into(),
+            ));
+        }
         Ok(Config {
             binds,
             data_dir: file
@@ -323,6 +336,8 @@ impl Config {
             allow_missing_references: file.allow_missing_references.unwrap_or(false),
             max_nar_upload_bytes: file.max_nar_upload_bytes.unwrap_or(64 << 30),
             reserve_bytes: file.reserve_bytes.unwrap_or(256 << 20),
+            upload_part_bytes,
+            max_log_bytes: file.max_log_bytes.unwrap_or(64 << 20),
             serve_local_store: file.serve_local_store,
         })
     }

@@ -23,7 +23,7 @@ use crate::metrics::{Encoding, Route};
 use crate::nar_stream::{self, Plan};
 use crate::state::AppState;
 use crate::variants::Variant;
-use crate::{api, upload};
+use crate::{api, logs, sessions, upload};
 use store::blobs::Compression;
 use store::meta::{PathRecord, Scope};
 
@@ -38,8 +38,15 @@ pub fn router(state: Shared) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .route("/nar/{file}", get(nar).put(upload::put_nar))
-        .route("/log/{drv}", get(build_log))
+        .route("/log/{drv}", get(build_log).put(logs::put_log))
         .route("/api/v1/missing", post(api::missing))
+        .route("/api/v1/uploads", post(sessions::create))
+        .route(
+            "/api/v1/uploads/{id}",
+            get(sessions::look)
+                .put(sessions::put_part)
+                .delete(sessions::abort),
+        )
         .route(
             "/api/v1/tokens",
             get(api::list_tokens).post(api::create_token),
@@ -705,6 +712,9 @@ async fn build_log(
     if !path.name().ends_with(".drv") {
         return Err(ServerError::NotFound);
     }
+    if let Some(text) = s.logs.get(&path).await? {
+        return Ok(log_response(text));
+    }
     let Some((file, compression)) = s.store.as_ref().and_then(|l| l.log_file(&path)) else {
         return Err(ServerError::NotFound);
     };
@@ -720,12 +730,16 @@ async fn build_log(
         }
     })
     .await??;
+    Ok(log_response(text.into()))
+}
+
+fn log_response(text: Bytes) -> Response {
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    Ok(resp)
+    resp
 }
 
 /// The bytes of a small stored blob, from the memory tier of the variant cache or read

@@ -31,6 +31,10 @@ pub struct AppState {
     pub encoders: Arc<Semaphore>,
     pub variants: Arc<VariantCache>,
     pub narinfos: NarinfoCache,
+    /// Upload sessions in progress (docs/api.md).
+    pub sessions: crate::sessions::Sessions,
+    /// Build logs uploaded with `PUT /log/<drv>`.
+    pub logs: crate::logs::LogStore,
     pub cache_info: Bytes,
     pub landing: Bytes,
 }
@@ -51,6 +55,12 @@ pub enum StartError {
     },
     #[error("variant cache under {path}: {source}")]
     Variants {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} under {path}: {source}")]
+    Dir {
+        what: &'static str,
         path: String,
         source: std::io::Error,
     },
@@ -104,6 +114,23 @@ impl AppState {
             path: vdir.display().to_string(),
             source,
         })?;
+        let sdir = blobs.sessions_dir();
+        let sessions = crate::sessions::Sessions::open(
+            sdir.clone(),
+            nix_formats::StoreDir::new(&config.store_dir)
+                .expect("store dir validated by Config::resolve"),
+        )
+        .map_err(|source| StartError::Dir {
+            what: "upload sessions",
+            path: sdir.display().to_string(),
+            source,
+        })?;
+        let ldir = config.data_dir.join("logs");
+        let logs = crate::logs::LogStore::open(ldir.clone()).map_err(|source| StartError::Dir {
+            what: "build logs",
+            path: ldir.display().to_string(),
+            source,
+        })?;
         let auth = Auth::new(config.private, &config.tokens)?;
         let trusted = signer::TrustedKeys::parse_list(&config.trusted_public_keys.join(" "))
             .map_err(StartError::TrustedKey)?;
@@ -130,6 +157,8 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             variants,
             narinfos: NarinfoCache::new(config_narinfo_entries),
+            sessions,
+            logs,
             cache_info,
             landing,
         }))

@@ -46,7 +46,7 @@ const KNOWN_FIELDS: [&str; 12] = [
 ];
 
 /// Request bytes handed from the connection to a blocking reader.
-struct BodyReader {
+pub(crate) struct BodyReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
 }
@@ -67,8 +67,34 @@ impl Read for BodyReader {
     }
 }
 
+/// Runs `consume` on the blocking pool with the request body as a `Read`, fed chunk by
+/// chunk as the connection delivers them (a few chunks buffered), and returns what it
+/// returned. A body that breaks off is a read error inside `consume`.
+pub(crate) async fn with_body_reader<T: Send + 'static>(
+    body: Body,
+    consume: impl FnOnce(BodyReader) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let task = tokio::task::spawn_blocking(move || {
+        consume(BodyReader {
+            rx,
+            current: Bytes::new(),
+        })
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let failed = chunk.is_err();
+        if tx.send(chunk.map_err(io::Error::other)).await.is_err() || failed {
+            // The consumer stopped early (too large, bad data) or the client broke off.
+            break;
+        }
+    }
+    drop(tx);
+    task.await?
+}
+
 /// Undoes a request's `Content-Encoding`; 415 for one we do not speak.
-fn decode_transfer<'a>(
+pub(crate) fn decode_transfer<'a>(
     encoding: Option<&str>,
     r: impl Read + Send + 'a,
 ) -> Result<Box<dyn Read + Send + 'a>, ServerError> {
@@ -81,14 +107,14 @@ fn decode_transfer<'a>(
     }
 }
 
-fn content_encoding(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn content_encoding(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -113,7 +139,7 @@ pub fn parse_blob_file(file: &str) -> Option<(Hash, Compression)> {
     Some((hash, compression))
 }
 
-fn blob_error(e: BlobError) -> ServerError {
+pub(crate) fn blob_error(e: BlobError) -> ServerError {
     match e {
         BlobError::InsufficientStorage { .. } => ServerError::InsufficientStorage,
         BlobError::TooLarge { max } => ServerError::TooLarge(max),
@@ -130,6 +156,7 @@ fn blob_error(e: BlobError) -> ServerError {
             tracing::debug!(error = %e, "upload body broke off");
             ServerError::Rejected("the upload body broke off before its end".into())
         }
+        BlobError::NarMismatch(reason) => ServerError::Rejected(format!("NAR rejected: {reason}")),
         BlobError::Io(e) => ServerError::Io(e),
     }
 }
@@ -158,30 +185,16 @@ pub async fn put_nar(
         return Ok(StatusCode::OK.into_response());
     }
     let encoding = content_encoding(&headers);
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let blobs = s.clone();
     let expected = file_hash.clone();
-    let ingest = tokio::task::spawn_blocking(move || {
-        let reader = BodyReader {
-            rx,
-            current: Bytes::new(),
-        };
+    let ingested = with_body_reader(body, move |reader| {
         let reader = decode_transfer(encoding.as_deref(), reader)?;
         blobs
             .blobs
             .ingest(reader, compression, Some(&expected), max)
             .map_err(blob_error)
-    });
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let failed = chunk.is_err();
-        if tx.send(chunk.map_err(io::Error::other)).await.is_err() || failed {
-            // The ingest stopped early (too large, bad data) or the client broke off.
-            break;
-        }
-    }
-    drop(tx);
-    let ingested = ingest.await??;
+    })
+    .await?;
     s.db.put_blob(&BlobRecord {
         file_hash: ingested.file_hash.clone(),
         file_size: ingested.file_size,

@@ -28,6 +28,8 @@ pub enum ErrorKind {
 pub struct ClientError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The HTTP status, when the cache answered.
+    pub status: Option<u16>,
 }
 
 impl fmt::Display for ClientError {
@@ -43,6 +45,7 @@ impl ClientError {
         ClientError {
             kind: ErrorKind::Permanent,
             message: message.into(),
+            status: None,
         }
     }
 
@@ -50,6 +53,7 @@ impl ClientError {
         ClientError {
             kind: ErrorKind::Transient,
             message: message.into(),
+            status: None,
         }
     }
 
@@ -91,7 +95,11 @@ impl ClientError {
         } else {
             ErrorKind::Permanent
         };
-        ClientError { kind, message }
+        ClientError {
+            kind,
+            message,
+            status: Some(status.as_u16()),
+        }
     }
 }
 
@@ -250,7 +258,15 @@ impl Client {
             .body(body)
             .send()
             .await;
-        Self::answer("sending a part", sent).await
+        match Self::answer("sending a part", sent).await {
+            // The session is gone (the cache restarted and forgot a one-part session,
+            // or it expired): creating it again starts over, so it is worth a retry.
+            Err(e) if e.status == Some(404) => Err(ClientError {
+                kind: ErrorKind::Transient,
+                ..e
+            }),
+            other => other,
+        }
     }
 }
 

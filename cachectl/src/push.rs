@@ -369,6 +369,7 @@ impl Pusher {
                             Status::Failed(ClientError {
                                 kind: e.kind,
                                 message: format!("not sent: it references {failed}, which failed"),
+                                status: None,
                             }),
                         );
                         stack.extend(dependents.get(d).into_iter().flatten());

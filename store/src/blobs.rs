@@ -114,6 +114,17 @@ pub enum BlobError {
     /// The body is not a valid stream of its compression, or has data after its end.
     #[error("does not decompress: {0}")]
     Decompress(String),
+    /// A well-formed NAR, but not the one the uploader declared (NarHash or NarSize).
+    #[error("the NAR is not the one declared: {0}")]
+    NarMismatch(String),
+}
+
+/// The archive an upload must contain, when the uploader declared it up front: checked
+/// before the blob is placed, so a mismatch leaves nothing behind.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpectedNar<'a> {
+    pub nar_hash: &'a Hash,
+    pub nar_size: u64,
 }
 
 /// Content-addressed blobs under one root directory. `Send + Sync`; share it.
@@ -239,7 +250,39 @@ impl BlobStore {
         expected_file_hash: Option<&Hash>,
         max_bytes: u64,
     ) -> Result<Ingested, BlobError> {
-        ingest::ingest(self, body, compression, expected_file_hash, max_bytes)
+        ingest::ingest(self, body, compression, expected_file_hash, None, max_bytes)
+    }
+
+    /// [`BlobStore::ingest`] for an upload whose archive was declared up front: the
+    /// NAR must have `expected`'s NarHash and NarSize, else nothing is kept.
+    pub fn ingest_expecting(
+        &self,
+        body: impl Read,
+        compression: Compression,
+        expected: ExpectedNar<'_>,
+        max_bytes: u64,
+    ) -> Result<Ingested, BlobError> {
+        ingest::ingest(self, body, compression, None, Some(expected), max_bytes)
+    }
+
+    /// Verifies a file assembled elsewhere on this disk (the parts of a resumable
+    /// upload, under [`BlobStore::sessions_dir`]) exactly as an ingest would, then
+    /// renames that same file into place: no second copy of the bytes. The file is
+    /// consumed either way: placed when it verifies, deleted when it does not.
+    pub fn adopt(
+        &self,
+        file: &Path,
+        compression: Compression,
+        expected: ExpectedNar<'_>,
+        max_bytes: u64,
+    ) -> Result<Ingested, BlobError> {
+        ingest::adopt(self, file, compression, expected, max_bytes)
+    }
+
+    /// Where resumable uploads keep their parts: on the blob disk, so a finished upload
+    /// is renamed into place, and kept across restarts (unlike staging).
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.root.join("sessions")
     }
 
     /// The stored file and its length, or `None` when there is no such blob.

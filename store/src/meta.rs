@@ -258,6 +258,21 @@ impl CacheDb {
         })
     }
 
+    /// Records a blob and the path it holds in one durable transaction: an upload that
+    /// arrived with its metadata (an upload session) becomes visible whole or not at all.
+    pub fn put_blob_and_path(&self, blob: &BlobRecord, path: &PathRecord) -> Result<(), MetaError> {
+        let blob_value = encode(blob);
+        let key = path.store_path.hash_part();
+        let path_value = encode(path);
+        self.write(|tx| {
+            tx.open_table(BLOBS)?
+                .insert(blob.file_hash.digest(), blob_value.as_slice())?;
+            tx.open_table(PATHS)?
+                .insert(key.as_str(), path_value.as_slice())?;
+            Ok(())
+        })
+    }
+
     pub fn get_path(&self, hash_part: &str) -> Result<Option<PathRecord>, MetaError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(PATHS)?;

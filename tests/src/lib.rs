@@ -139,3 +139,77 @@ pub fn cachectl_bin() -> PathBuf {
     );
     bin
 }
+
+/// A private single-threaded runtime, for driving async HTTP from a synchronous test.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An HTTP client that ignores proxy settings (the server is on loopback).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
+/// A token written to a 0600 file under `dir`, as a `[[tokens]]` config entry.
+pub fn token_file(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    scopes: &[&str],
+) -> cache_server::auth::TokenFile {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{text}\n")).expect("write token");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod token");
+    cache_server::auth::TokenFile {
+        name: name.to_string(),
+        secret_file: p,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Copies `root`'s closure from the cache at `url` into a fresh chroot store with a
+/// separate Nix client (its own narinfo cache) that trusts only `public_key`, with
+/// signature checking on; returns that store and `nix path-info --json --recursive` of
+/// `root` in it.
+pub fn substitute(
+    url: &str,
+    public_key: &str,
+    root: &str,
+) -> (testkit::ChrootStore, serde_json::Value) {
+    let dest = testkit::ChrootStore::new();
+    let client = testkit::Nix::new();
+    client.run(
+        "nix",
+        &[
+            "copy",
+            "--from",
+            url,
+            "--to",
+            &dest.uri(),
+            "--option",
+            "trusted-public-keys",
+            public_key,
+            root,
+        ],
+    );
+    let info = client.path_info(Some(&dest.uri()), &[root]);
+    (dest, info)
+}

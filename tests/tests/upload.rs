@@ -4,14 +4,12 @@
 //! 4xx/5xx and leaving no file or record behind.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use cache_server::auth::TokenFile;
 use cache_server::config::FileConfig;
 use cairn_tests::{Server, TestKey};
 use nix_formats::{Hash, NarInfo, StoreDir};
-use testkit::{ChrootStore, Nix};
+use testkit::Nix;
 
 const PUSH: &str = "cairn_push_token_for_tests_0123456789abcdef";
 const READ: &str = "cairn_read_token_for_tests_0123456789abcdef";
@@ -22,17 +20,6 @@ struct Setup {
     server: Server,
     paths: Vec<String>,
     _secrets: tempfile::TempDir,
-}
-
-fn token_file(dir: &Path, name: &str, text: &str, scopes: &[&str]) -> TokenFile {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{text}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    TokenFile {
-        name: name.to_string(),
-        secret_file: p,
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-    }
 }
 
 /// A cache-store-only server (the local store is not served, so every hit below comes
@@ -46,8 +33,8 @@ fn setup(count: usize, tweak: impl FnOnce(&mut FileConfig)) -> Setup {
         serve_local_store: Some(false),
         sign_key_paths: vec![key.secret_file.clone()],
         tokens: vec![
-            token_file(secrets.path(), "ci", PUSH, &["push"]),
-            token_file(secrets.path(), "reader", READ, &["read"]),
+            cairn_tests::token_file(secrets.path(), "ci", PUSH, &["push"]),
+            cairn_tests::token_file(secrets.path(), "reader", READ, &["read"]),
         ],
         ..Default::default()
     };
@@ -89,24 +76,8 @@ impl Setup {
     /// machine would: the uploading client's narinfo cache remembers the narinfos it
     /// sent (unsigned), so it must not be the one checking the cache's signatures.
     fn substitute_all(&self) {
-        let dest = ChrootStore::new();
         let root = self.paths.last().unwrap();
-        let client = Nix::new();
-        client.run(
-            "nix",
-            &[
-                "copy",
-                "--from",
-                &self.server.url(),
-                "--to",
-                &dest.uri(),
-                "--option",
-                "trusted-public-keys",
-                &self.key.public,
-                root,
-            ],
-        );
-        let got = client.path_info(Some(&dest.uri()), &[root]);
+        let (dest, got) = cairn_tests::substitute(&self.server.url(), &self.key.public, root);
         assert_eq!(got.as_array().unwrap().len(), self.paths.len());
         let want = self.nix.path_info(None, &[root]);
         let hashes = |v: &serde_json::Value| {
@@ -282,9 +253,11 @@ fn bad_uploads_are_refused_and_leave_nothing() {
         &top.zst[..top.zst.len() / 2],
         top.zst.len(),
     );
-    wait_until("the truncated upload is cleaned up", || {
-        s.blobs_and_staging() == (0, 0)
-    });
+    cairn_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the truncated upload is cleaned up",
+        || s.blobs_and_staging() == (0, 0),
+    );
     // HEAD does not claim a NAR that is not there.
     assert_eq!(head_status(&nar_url(&top)), 404);
 
@@ -425,7 +398,11 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
     let staged = || {
         walk(&mnt.path().join("data/cache/staging")) + walk(&mnt.path().join("data/cache/blobs"))
     };
-    wait_until("the failed upload is cleaned up", || staged() == 0);
+    cairn_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the failed upload is cleaned up",
+        || staged() == 0,
+    );
     // And the cache still works afterwards.
     let n = nar_of(&s.nix, &s.paths[0]);
     let url = format!("{u}/nar/{}.nar.zst", n.file_hash.to_nix32());
@@ -435,24 +412,13 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
 
 // ---- small HTTP helpers (blocking, on a private runtime) ----
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 fn hash_part(full: &str) -> String {
     StoreDir::default().parse_path(full).unwrap().hash_part()
 }
 
 fn http_get(url: &str) -> String {
-    rt().block_on(async {
-        client()
+    cairn_tests::rt().block_on(async {
+        cairn_tests::http_client()
             .get(url)
             .send()
             .await
@@ -464,20 +430,28 @@ fn http_get(url: &str) -> String {
 }
 
 fn http_bytes(url: &str) -> Vec<u8> {
-    rt().block_on(async {
-        let r = client().get(url).send().await.unwrap();
+    cairn_tests::rt().block_on(async {
+        let r = cairn_tests::http_client().get(url).send().await.unwrap();
         assert_eq!(r.status(), 200, "{url}");
         r.bytes().await.unwrap().to_vec()
     })
 }
 
 fn http_status(url: &str) -> u16 {
-    rt().block_on(async { client().get(url).send().await.unwrap().status().as_u16() })
+    cairn_tests::rt().block_on(async {
+        cairn_tests::http_client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
 }
 
 fn status_with(url: &str, token: &str) -> u16 {
-    rt().block_on(async {
-        client()
+    cairn_tests::rt().block_on(async {
+        cairn_tests::http_client()
             .get(url)
             .bearer_auth(token)
             .send()
@@ -489,12 +463,20 @@ fn status_with(url: &str, token: &str) -> u16 {
 }
 
 fn head_status(url: &str) -> u16 {
-    rt().block_on(async { client().head(url).send().await.unwrap().status().as_u16() })
+    cairn_tests::rt().block_on(async {
+        cairn_tests::http_client()
+            .head(url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
 }
 
 fn put(url: &str, token: Option<&str>, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, String) {
-    rt().block_on(async {
-        let mut rb = client().put(url).body(body);
+    cairn_tests::rt().block_on(async {
+        let mut rb = cairn_tests::http_client().put(url).body(body);
         if let Some(t) = token {
             rb = rb.basic_auth("ci", Some(t));
         }
@@ -509,9 +491,9 @@ fn put(url: &str, token: Option<&str>, body: Vec<u8>, headers: &[(&str, &str)]) 
 fn chunked_put(url: &str, token: &str, body: &[u8]) -> u16 {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
-    rt().block_on(async {
+    cairn_tests::rt().block_on(async {
         let stream = futures_util::stream::iter(chunks);
-        client()
+        cairn_tests::http_client()
             .put(url)
             .bearer_auth(token)
             .body(reqwest::Body::wrap_stream(stream))
@@ -558,18 +540,6 @@ fn split_url(url: &str) -> (&str, &str) {
         .unwrap()
         .split_once('/')
         .unwrap()
-}
-
-/// Waits (at most 10 s) until `f` holds; panics with `what` otherwise.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 fn is_root() -> bool {

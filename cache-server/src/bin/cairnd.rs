@@ -105,6 +105,30 @@ struct ServeArgs {
     /// PEM private key for HTTPS.
     #[arg(long)]
     tls_key_path: Option<PathBuf>,
+    /// Require a read token for reads too. [default: false]
+    #[arg(long)]
+    private: Option<bool>,
+    /// Public key (name:base64) whose signatures on uploads are kept; repeat for several.
+    #[arg(long = "trusted-public-key")]
+    trusted_public_keys: Vec<String>,
+    /// Accept uploads whose references the cache lacks (behind cache.nixos.org). [default: false]
+    #[arg(long)]
+    allow_missing_references: Option<bool>,
+    /// Largest NAR upload in bytes. [default: 68719476736]
+    #[arg(long)]
+    max_nar_upload_bytes: Option<u64>,
+    /// Free space the blob disk always keeps. [default: 268435456]
+    #[arg(long)]
+    reserve_bytes: Option<u64>,
+    /// Most NAR bytes per part of a resumable upload. [default: 67108864]
+    #[arg(long)]
+    upload_part_bytes: Option<u64>,
+    /// Largest build log upload. [default: 67108864]
+    #[arg(long)]
+    max_log_bytes: Option<u64>,
+    /// Serve the local Nix store too. [default: when its database exists]
+    #[arg(long)]
+    serve_local_store: Option<bool>,
 }
 
 impl ServeArgs {
@@ -133,8 +157,18 @@ impl ServeArgs {
             nix_db_path,
             nix_log_dir,
             tls_cert_path,
-            tls_key_path
+            tls_key_path,
+            private,
+            allow_missing_references,
+            max_nar_upload_bytes,
+            reserve_bytes,
+            upload_part_bytes,
+            max_log_bytes,
+            serve_local_store
         );
+        if !self.trusted_public_keys.is_empty() {
+            f.trusted_public_keys = self.trusted_public_keys;
+        }
         if !self.sign_key_paths.is_empty() {
             f.sign_key_paths = self.sign_key_paths;
         }

@@ -28,7 +28,7 @@ use nix_formats::nar::{self, NarReadError, NarSummary};
 use nix_formats::{Hash, Sha256Hasher};
 use tempfile::NamedTempFile;
 
-use super::{BlobError, BlobStore, Compression, Ingested};
+use super::{BlobError, BlobStore, Compression, ExpectedNar, Ingested};
 
 /// Write buffer of the staging file: body chunks arrive in whatever sizes the network
 /// delivers; the disk sees large writes.
@@ -48,6 +48,7 @@ pub(super) fn ingest(
     body: impl Read,
     compression: Compression,
     expected_file_hash: Option<&Hash>,
+    expected_nar: Option<ExpectedNar<'_>>,
     max_bytes: u64,
 ) -> Result<Ingested, BlobError> {
     // A body of unknown length is refused before it is read when the disk is already
@@ -60,12 +61,13 @@ pub(super) fn ingest(
         .map_err(|e| store.write_error(e, 0))?;
     let (summary, file_hash, file_size) = receive(
         store,
-        staging.as_file(),
+        Some(staging.as_file()),
         body,
         compression,
         expected_file_hash,
         max_bytes,
     )?;
+    check_nar(&summary, expected_nar)?;
     place(store, staging, &file_hash, file_size)?;
     Ok(Ingested {
         file_hash,
@@ -76,11 +78,67 @@ pub(super) fn ingest(
     })
 }
 
-/// Streams `body` into `staging` while verifying it, then makes the file durable.
-/// Returns the NAR summary, FileHash and FileSize.
+/// Verifies an assembled upload in place and renames it into the store; see
+/// [`BlobStore::adopt`].
+pub(super) fn adopt(
+    store: &BlobStore,
+    path: &std::path::Path,
+    compression: Compression,
+    expected: ExpectedNar<'_>,
+    max_bytes: u64,
+) -> Result<Ingested, BlobError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(BlobError::Io)?;
+    // From here on the file is ours: dropping it (any `?`) deletes it.
+    let temp_path = tempfile::TempPath::try_from_path(path).map_err(BlobError::Io)?;
+    let owned = NamedTempFile::from_parts(file, temp_path);
+    let reader = owned.as_file().try_clone().map_err(BlobError::Io)?;
+    let (summary, file_hash, file_size) =
+        receive(store, None, reader, compression, None, max_bytes)?;
+    check_nar(&summary, Some(expected))?;
+    owned
+        .as_file()
+        .sync_all()
+        .map_err(|e| store.write_error(e, file_size))?;
+    place(store, owned, &file_hash, file_size)?;
+    Ok(Ingested {
+        file_hash,
+        file_size,
+        nar_hash: summary.nar_hash,
+        nar_size: summary.nar_size,
+        compression,
+    })
+}
+
+fn check_nar(summary: &NarSummary, expected: Option<ExpectedNar<'_>>) -> Result<(), BlobError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    if summary.nar_size != expected.nar_size {
+        return Err(BlobError::NarMismatch(format!(
+            "its NarSize is {}, not {}",
+            summary.nar_size, expected.nar_size
+        )));
+    }
+    if summary.nar_hash != *expected.nar_hash {
+        return Err(BlobError::NarMismatch(format!(
+            "its NarHash is {}, not {}",
+            summary.nar_hash.to_nix32_string(),
+            expected.nar_hash.to_nix32_string()
+        )));
+    }
+    Ok(())
+}
+
+/// Streams `body` while verifying it, into `staging` when given (an assembled file
+/// being adopted is only read), and makes the staging file durable. Returns the NAR
+/// summary, FileHash and FileSize.
 fn receive(
     store: &BlobStore,
-    staging: &File,
+    staging: Option<&File>,
     body: impl Read,
     compression: Compression,
     expected_file_hash: Option<&Hash>,
@@ -101,11 +159,13 @@ fn receive(
             });
         }
     }
-    writer
-        .into_inner()
-        .map_err(|e| store.write_error(e.into_error(), file_size))?
-        .sync_all()
-        .map_err(|e| store.write_error(e, file_size))?;
+    if let Some(writer) = writer {
+        writer
+            .into_inner()
+            .map_err(|e| store.write_error(e.into_error(), file_size))?
+            .sync_all()
+            .map_err(|e| store.write_error(e, file_size))?;
+    }
     Ok((summary, file_hash, file_size))
 }
 
@@ -180,7 +240,8 @@ fn intake_failed() -> io::Error {
 struct Intake<'a, R> {
     store: &'a BlobStore,
     body: R,
-    staging: BufWriter<&'a File>,
+    /// `None` when the body is already on disk (an adopted file).
+    staging: Option<BufWriter<&'a File>>,
     hasher: Sha256Hasher,
     received: u64,
     max_bytes: u64,
@@ -190,11 +251,11 @@ struct Intake<'a, R> {
 }
 
 impl<'a, R: Read> Intake<'a, R> {
-    fn new(store: &'a BlobStore, body: R, staging: &'a File, max_bytes: u64) -> Self {
+    fn new(store: &'a BlobStore, body: R, staging: Option<&'a File>, max_bytes: u64) -> Self {
         Intake {
             store,
             body,
-            staging: BufWriter::with_capacity(STAGING_BUFFER, staging),
+            staging: staging.map(|f| BufWriter::with_capacity(STAGING_BUFFER, f)),
             hasher: Sha256Hasher::new(),
             received: 0,
             max_bytes,
@@ -204,7 +265,7 @@ impl<'a, R: Read> Intake<'a, R> {
     }
 
     /// FileHash, FileSize and the (not yet flushed) staging writer.
-    fn finish(self) -> (Hash, u64, BufWriter<&'a File>) {
+    fn finish(self) -> (Hash, u64, Option<BufWriter<&'a File>>) {
         (self.hasher.finish(), self.received, self.staging)
     }
 
@@ -262,13 +323,15 @@ impl<R: Read> Read for Intake<'_, R> {
             let max = self.max_bytes;
             return Err(self.fail(BlobError::TooLarge { max }));
         }
-        if let Err(e) = self.staging.write_all(&buf[..n]) {
-            let e = self.store.write_error(e, received);
-            return Err(self.fail(e));
+        if let Some(staging) = &mut self.staging {
+            if let Err(e) = staging.write_all(&buf[..n]) {
+                let e = self.store.write_error(e, received);
+                return Err(self.fail(e));
+            }
         }
         self.hasher.update(&buf[..n]);
         self.received = received;
-        if received >= self.next_space_check {
+        if self.staging.is_some() && received >= self.next_space_check {
             self.next_space_check = received.saturating_add(SPACE_CHECK_INTERVAL);
             if let Err(e) = self.store.check_reserve(received) {
                 return Err(self.fail(e));
@@ -305,7 +368,7 @@ impl<D: Read> Read for DecoderWatch<'_, D> {
 impl BlobStore {
     /// Classifies a failed write to staging: a full disk (or quota) is
     /// `InsufficientStorage`, anything else is `Io`.
-    fn write_error(&self, e: io::Error, needed: u64) -> BlobError {
+    pub fn write_error(&self, e: io::Error, needed: u64) -> BlobError {
         match e.kind() {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 BlobError::InsufficientStorage {
@@ -319,7 +382,7 @@ impl BlobStore {
 
     /// Fails once free space has dropped below the reserve while `received` bytes of
     /// an upload are in staging.
-    fn check_reserve(&self, received: u64) -> Result<(), BlobError> {
+    pub fn check_reserve(&self, received: u64) -> Result<(), BlobError> {
         let free = self.free_bytes().map_err(BlobError::Io)?;
         if free < self.reserve_bytes {
             return Err(BlobError::InsufficientStorage {
