@@ -67,6 +67,10 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Run by Nix as the post-build hook of the hook-latency builds.
+    if let Ok(times) = std::env::var(uploads::HOOK_TIMES_ENV) {
+        return uploads::run_as_hook_timer(&times);
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
