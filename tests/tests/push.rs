@@ -467,3 +467,53 @@ fn uploader_killed_mid_nar_resumes_and_finishes() {
     );
     s.substitute(big);
 }
+
+#[test]
+fn push_skips_paths_signed_by_an_upstream_key() {
+    let s = setup(|c| c.allow_missing_references = Some(true));
+    let paths = s.nix.build_fixtures(&testkit::salt(), 2);
+    let (dep, root) = (&paths[0], paths.last().unwrap());
+    // The dependency carries a signature of "upstream-1", as paths substituted from
+    // cache.nixos.org carry cache.nixos.org-1's.
+    let keys = tempfile::tempdir().unwrap();
+    let (sec, public) = (keys.path().join("sec"), keys.path().join("pub"));
+    s.nix.run(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key",
+            "upstream-1",
+            sec.to_str().unwrap(),
+            public.to_str().unwrap(),
+        ],
+    );
+    s.nix.run(
+        "nix",
+        &["store", "sign", "--key-file", sec.to_str().unwrap(), dep],
+    );
+
+    let url = s.server.url();
+    let token = s.token("ci");
+    let out = s
+        .cachectl(&[
+            "push",
+            "--cache",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--skip-signed-by",
+            "upstream-1",
+            "--json",
+            root,
+        ])
+        .output()
+        .unwrap();
+    let sum = summary(&out);
+    assert_eq!(sum["skipped_signed"], 1, "{sum}");
+    assert_eq!(sum["uploaded"], 1, "{sum}");
+    assert_eq!(
+        s.narinfo_status(dep),
+        404,
+        "upstream's path is left to upstream"
+    );
+    assert_eq!(s.narinfo_status(root), 200);
+}
