@@ -181,6 +181,22 @@ pub struct CacheDb {
     /// Moves after every committed write: what was read under one value stays true
     /// while it stays the same.
     generation: std::sync::atomic::AtomicU64,
+    /// A fingerprint of every recorded path's hash part, so that a lookup of a path
+    /// that is not here (most narinfo misses) is answered from memory, without a read
+    /// transaction. Exact for absence; a present fingerprint still reads the record.
+    /// About 16 bytes per path.
+    known: parking_lot::RwLock<std::collections::HashSet<u64>>,
+}
+
+/// 64 bits folded from a hash part (already uniformly random text).
+fn fingerprint(hash_part: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for chunk in hash_part.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    h
 }
 
 impl fmt::Debug for CacheDb {
@@ -216,10 +232,31 @@ impl CacheDb {
             tx.open_table(TOKEN_IDS)?;
         }
         tx.commit()?;
+        let mut known = std::collections::HashSet::new();
+        {
+            let tx = db.begin_read()?;
+            for entry in tx.open_table(PATHS)?.iter()? {
+                let (key, _) = entry?;
+                known.insert(fingerprint(key.value()));
+            }
+        }
         Ok(CacheDb {
             db,
             generation: std::sync::atomic::AtomicU64::new(0),
+            known: parking_lot::RwLock::new(known),
         })
+    }
+
+    /// False when no path with this hash part is recorded (no disk read); true when
+    /// one may be.
+    fn may_have(&self, hash_part: &str) -> bool {
+        self.known.read().contains(&fingerprint(hash_part))
+    }
+
+    /// Called before a path record is written: a reader that sees the fingerprint
+    /// before the commit only does a lookup that finds nothing yet.
+    fn note_path(&self, hash_part: &str) {
+        self.known.write().insert(fingerprint(hash_part));
     }
 
     /// A number that changes after every write this database commits. Read it before
@@ -251,6 +288,7 @@ impl CacheDb {
     pub fn put_path(&self, rec: &PathRecord) -> Result<(), MetaError> {
         let key = rec.store_path.hash_part();
         let value = encode(rec);
+        self.note_path(&key);
         self.write(|tx| {
             tx.open_table(PATHS)?
                 .insert(key.as_str(), value.as_slice())?;
@@ -264,6 +302,7 @@ impl CacheDb {
         let blob_value = encode(blob);
         let key = path.store_path.hash_part();
         let path_value = encode(path);
+        self.note_path(&key);
         self.write(|tx| {
             tx.open_table(BLOBS)?
                 .insert(blob.file_hash.digest(), blob_value.as_slice())?;
@@ -274,6 +313,9 @@ impl CacheDb {
     }
 
     pub fn get_path(&self, hash_part: &str) -> Result<Option<PathRecord>, MetaError> {
+        if !self.may_have(hash_part) {
+            return Ok(None);
+        }
         let tx = self.db.begin_read()?;
         let table = tx.open_table(PATHS)?;
         let Some(value) = table.get(hash_part)? else {
@@ -283,6 +325,9 @@ impl CacheDb {
     }
 
     pub fn has_path(&self, hash_part: &str) -> Result<bool, MetaError> {
+        if !self.may_have(hash_part) {
+            return Ok(false);
+        }
         let tx = self.db.begin_read()?;
         let table = tx.open_table(PATHS)?;
         Ok(table.get(hash_part)?.is_some())
@@ -295,7 +340,7 @@ impl CacheDb {
         let table = tx.open_table(PATHS)?;
         let mut out = Vec::new();
         for &h in hash_parts {
-            if table.get(h)?.is_none() {
+            if !self.may_have(h) || table.get(h)?.is_none() {
                 out.push(h.to_string());
             }
         }

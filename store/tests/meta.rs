@@ -183,6 +183,10 @@ fn everything_survives_reopen() {
     assert_eq!(db.get_blob(&blob(1).file_hash).unwrap(), Some(blob(1)));
     let h = path_record(1).store_path.hash_part();
     assert_eq!(db.get_path(&h).unwrap(), Some(path_record(1)));
+    assert!(db.has_path(&h).unwrap());
+    assert!(db.missing(&[h.as_str()]).unwrap().is_empty());
+    let other = path_record(2).store_path.hash_part();
+    assert!(!db.has_path(&other).unwrap());
     assert_eq!(db.path_count().unwrap(), 1);
     let t = db.token_by_secret_hash(&[7; 32]).unwrap().unwrap();
     assert_eq!(t.id, "keep");
