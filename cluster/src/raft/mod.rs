@@ -1,0 +1,76 @@
+//! The one place that names openraft. It fixes the type configuration ([`TypeConfig`]:
+//! node ids are `u64`, a node is its [`ClusterNode`] address, log entries carry a
+//! [`Command`](crate::Command) and yield a [`Response`](crate::Response)) and implements
+//! openraft's storage traits over redb:
+//!
+//! - [`LogStore`]: the Raft log, the vote and the committed log id in `raft-log.redb`
+//!   (`RaftLogStorage` + `RaftLogReader`);
+//! - [`StateMachineStore`]: the state machine in `raft-state.redb` and its snapshots
+//!   under `snapshots/` (`RaftStateMachine` + `RaftSnapshotBuilder`), with
+//!   [`SnapshotFile`] as the snapshot data: a file, never one in-memory blob.
+//!
+//! openraft 0.10 is an alpha pinned exactly in the workspace: its traits and the serde
+//! form of its log ids, votes and membership (which we store) may change between
+//! releases, so an upgrade is a deliberate step with the storage suite run again.
+
+mod log_store;
+mod snapshot;
+mod state_machine;
+
+use redb::ReadTransaction;
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use snapshot::SnapshotFile;
+pub use state_machine::StateMachineStore;
+
+use crate::command::{Command, Response};
+use crate::error::{decode, RaftStoreError};
+use crate::state::META;
+
+/// What the cluster knows of a node besides its id: where its peers reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// The node's address on the cluster network, as `host:port`.
+    pub addr: String,
+}
+
+openraft::declare_raft_types!(
+    /// Cairn's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = ClusterNode,
+);
+
+pub(crate) type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub(crate) type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub(crate) type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub(crate) type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub(crate) type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub(crate) type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+pub(crate) const LAST_APPLIED_KEY: &str = "last_applied";
+pub(crate) const MEMBERSHIP_KEY: &str = "membership";
+
+/// The last applied log id and membership recorded in the state database.
+pub(crate) fn applied_state(
+    tx: &ReadTransaction,
+) -> Result<(Option<LogId>, StoredMembership), RaftStoreError> {
+    let meta = tx.open_table(META)?;
+    let last = match redb::ReadableTable::get(&meta, LAST_APPLIED_KEY)? {
+        Some(v) => decode("last applied log id", v.value())?,
+        None => None,
+    };
+    let membership = match redb::ReadableTable::get(&meta, MEMBERSHIP_KEY)? {
+        Some(v) => decode("membership", v.value())?,
+        None => StoredMembership::default(),
+    };
+    Ok((last, membership))
+}
+
+/// The index of the last applied entry.
+pub(crate) fn applied_index(tx: &ReadTransaction) -> Result<Option<u64>, RaftStoreError> {
+    Ok(applied_state(tx)?.0.map(|id| id.index))
+}

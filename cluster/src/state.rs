@@ -1,0 +1,529 @@
+//! The state machine's tables in `raft-state.redb`, the rules that apply a [`Command`]
+//! to them, and [`ClusterState`], the read API the HTTP layer uses.
+//!
+//! | table | key | value (JSON) |
+//! |---|---|---|
+//! | `meta` | `"schema"`, `"last_applied"`, `"membership"` | format version, Raft log id, Raft membership |
+//! | `paths` | store path hash part (32 chars) | [`PathRecord`] |
+//! | `blobs` | sha256 digest of the file (32 bytes) | [`BlobEntry`] (record, holders, refcount) |
+//! | `tokens` | sha256 of the token text (32 bytes) | [`TokenRecord`] |
+//! | `token_ids` | token id | sha256 of the token text (raw bytes) |
+//! | `pins` | store path hash part | [`PinRecord`] |
+//! | `settings` | `"retention"` | [`RetentionSettings`] |
+//!
+//! Nothing here knows openraft: the Raft side (log ids, membership, snapshots) lives in
+//! [`crate::raft`], which calls [`apply_command`] inside its own write transaction.
+
+use std::fmt;
+use std::sync::Arc;
+
+use nix_formats::Hash;
+use parking_lot::RwLock;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
+use store::meta::{PathRecord, TokenRecord};
+
+use crate::command::{
+    Applied, BlobEntry, Command, NodeId, PinRecord, Rejection, Response, RetentionSettings,
+};
+use crate::error::{decode, encode, RaftStoreError};
+
+/// The format version of `raft-state.redb` this code reads and writes.
+pub const STATE_SCHEMA_VERSION: u64 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const PATHS: TableDefinition<&str, &[u8]> = TableDefinition::new("paths");
+pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+pub(crate) const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
+pub(crate) const TOKEN_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_ids");
+pub(crate) const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
+pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+const RETENTION_KEY: &str = "retention";
+
+/// How many registered holders a blob needs before a path naming it is accepted.
+///
+/// The rule is part of what every node applies, so **every node of a cluster must be
+/// opened with the same rule**: two nodes with different rules would disagree about
+/// which paths exist. It is computed from replicated state only (the membership in
+/// force when the entry is applied), never from anything local.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderRule {
+    /// `min(n, voters)`, and at least 1: a single-node cluster (the default deployment)
+    /// accepts paths with one holder, a cluster of three or more needs `n`. Counted
+    /// against the voters of the membership in force when the entry is applied (during
+    /// a joint change, the voters of both configurations).
+    UpToVoters(usize),
+    /// Exactly this many, whatever the membership (at least 1).
+    Exactly(usize),
+}
+
+impl Default for HolderRule {
+    /// `UpToVoters(2)`: invariant 1 of the design (≥2 replicas) wherever the cluster
+    /// has two voters to hold them.
+    fn default() -> Self {
+        HolderRule::UpToVoters(2)
+    }
+}
+
+impl HolderRule {
+    /// The holders a path's blob needs when the membership has `voters` voters.
+    pub fn required(self, voters: usize) -> usize {
+        match self {
+            HolderRule::UpToVoters(n) => n.min(voters).max(1),
+            HolderRule::Exactly(n) => n.max(1),
+        }
+    }
+}
+
+/// Creates the tables (so read transactions always find them) and checks or writes the
+/// schema version.
+pub(crate) fn prepare(db: &Database) -> Result<(), RaftStoreError> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        let found = match meta.get("schema")? {
+            Some(v) => Some(decode::<u64>("schema", v.value())?),
+            None => None,
+        };
+        match found {
+            None => {
+                meta.insert(
+                    "schema",
+                    encode("schema", &STATE_SCHEMA_VERSION)?.as_slice(),
+                )?;
+            }
+            Some(found) if found > STATE_SCHEMA_VERSION => {
+                return Err(RaftStoreError::Schema {
+                    found,
+                    supported: STATE_SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        tx.open_table(PATHS)?;
+        tx.open_table(BLOBS)?;
+        tx.open_table(TOKENS)?;
+        tx.open_table(TOKEN_IDS)?;
+        tx.open_table(PINS)?;
+        tx.open_table(SETTINGS)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Applies one command inside `tx`. `index` is the entry's log index (a blob entry's
+/// generation); `required` the holder count a path's blob needs. Errors are storage
+/// failures only; refusals are `Ok(Err(Rejection))` and leave the state unchanged.
+pub(crate) fn apply_command(
+    tx: &WriteTransaction,
+    cmd: &Command,
+    index: u64,
+    required: usize,
+) -> Result<Response, RaftStoreError> {
+    match cmd {
+        Command::PutPath { path } => put_path_checked(tx, path, index, required),
+        Command::RegisterHolder { blob, node, at } => {
+            let mut blobs = tx.open_table(BLOBS)?;
+            let key = blob.file_hash.digest();
+            let existing = match blobs.get(key)? {
+                Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
+                None => None,
+            };
+            let mut entry = match existing {
+                Some(e) => {
+                    let same = e.blob.file_size == blob.file_size
+                        && e.blob.compression == blob.compression
+                        && e.blob.nar_hash == blob.nar_hash
+                        && e.blob.nar_size == blob.nar_size;
+                    if !same {
+                        return Ok(Err(Rejection::BlobConflict {
+                            file_hash: blob.file_hash.to_string(),
+                        }));
+                    }
+                    e
+                }
+                None => BlobEntry {
+                    blob: blob.clone(),
+                    holders: Default::default(),
+                    refcount: 0,
+                    generation: index,
+                },
+            };
+            // A re-registration keeps the first time: the same command twice, or a
+            // retried one, leaves the entry as it was.
+            if !entry.holders.contains_key(node) {
+                entry.holders.insert(*node, *at);
+                entry.generation = index;
+            }
+            let holders = entry.holders.len();
+            blobs.insert(key, encode("blob", &entry)?.as_slice())?;
+            Ok(Ok(Applied::HolderRegistered { holders }))
+        }
+        Command::UnregisterHolder { file_hash, node } => {
+            let mut blobs = tx.open_table(BLOBS)?;
+            let key = file_hash.digest();
+            let existing = match blobs.get(key)? {
+                Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
+                None => None,
+            };
+            let Some(mut entry) = existing else {
+                return Ok(Ok(Applied::HolderUnregistered {
+                    holders: 0,
+                    blob_forgotten: false,
+                }));
+            };
+            if entry.holders.remove(node).is_some() {
+                entry.generation = index;
+            }
+            let holders = entry.holders.len();
+            let forget = holders == 0 && entry.refcount == 0;
+            if forget {
+                blobs.remove(key)?;
+            } else {
+                blobs.insert(key, encode("blob", &entry)?.as_slice())?;
+            }
+            Ok(Ok(Applied::HolderUnregistered {
+                holders,
+                blob_forgotten: forget,
+            }))
+        }
+        Command::PutToken { token } => {
+            put_token(tx, token)?;
+            Ok(Ok(Applied::TokenStored))
+        }
+        Command::RevokeToken { id } => {
+            let mut tokens = tx.open_table(TOKENS)?;
+            let ids = tx.open_table(TOKEN_IDS)?;
+            let Some(secret) = ids.get(id.as_str())?.map(|v| v.value().to_vec()) else {
+                return Ok(Ok(Applied::TokenRevoked { found: false }));
+            };
+            let record = match tokens.get(secret.as_slice())? {
+                Some(v) => Some(decode::<TokenRecord>("token", v.value())?),
+                None => None,
+            };
+            let Some(mut record) = record else {
+                return Ok(Ok(Applied::TokenRevoked { found: false }));
+            };
+            if !record.revoked {
+                record.revoked = true;
+                tokens.insert(secret.as_slice(), encode("token", &record)?.as_slice())?;
+            }
+            Ok(Ok(Applied::TokenRevoked { found: true }))
+        }
+        Command::Pin { pin } => {
+            put_pin(tx, pin)?;
+            Ok(Ok(Applied::Pinned))
+        }
+        Command::Unpin { hash_part } => {
+            let was_pinned = tx.open_table(PINS)?.remove(hash_part.as_str())?.is_some();
+            Ok(Ok(Applied::Unpinned { was_pinned }))
+        }
+        Command::SetRetention { settings } => {
+            put_retention(tx, settings)?;
+            Ok(Ok(Applied::RetentionSet))
+        }
+    }
+}
+
+fn put_path_checked(
+    tx: &WriteTransaction,
+    path: &PathRecord,
+    index: u64,
+    required: usize,
+) -> Result<Response, RaftStoreError> {
+    let mut blobs = tx.open_table(BLOBS)?;
+    let mut paths = tx.open_table(PATHS)?;
+    let file_hash = path.url_file_hash.to_string();
+    let new_key = path.url_file_hash.digest();
+    let blob = match blobs.get(new_key)? {
+        Some(v) => decode::<BlobEntry>("blob", v.value())?,
+        None => return Ok(Err(Rejection::UnknownBlob { file_hash })),
+    };
+    if blob.blob.nar_hash != path.nar_hash || blob.blob.nar_size != path.nar_size {
+        return Ok(Err(Rejection::NarMismatch { file_hash }));
+    }
+    if blob.holders.len() < required {
+        return Ok(Err(Rejection::TooFewHolders {
+            file_hash,
+            holders: blob.holders.len(),
+            required,
+        }));
+    }
+    let hash_part = path.store_path.hash_part();
+    let old = match paths.get(hash_part.as_str())? {
+        Some(v) => Some(decode::<PathRecord>("path", v.value())?),
+        None => None,
+    };
+    // Refcounts move only when the blob a path names changes, so the same command
+    // applied twice counts once.
+    let old_blob = old
+        .as_ref()
+        .map(|o| o.url_file_hash.clone())
+        .filter(|h| h != &path.url_file_hash);
+    let newly_named = old.is_none() || old_blob.is_some();
+    if let Some(old_hash) = old_blob {
+        let old_key = old_hash.digest();
+        let old_entry = match blobs.get(old_key)? {
+            Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
+            None => None,
+        };
+        if let Some(mut e) = old_entry {
+            e.refcount = e.refcount.saturating_sub(1);
+            e.generation = index;
+            if e.refcount == 0 && e.holders.is_empty() {
+                blobs.remove(old_key)?;
+            } else {
+                blobs.insert(old_key, encode("blob", &e)?.as_slice())?;
+            }
+        }
+    }
+    if newly_named {
+        let mut blob = blob;
+        blob.refcount += 1;
+        blob.generation = index;
+        blobs.insert(new_key, encode("blob", &blob)?.as_slice())?;
+    }
+    paths.insert(hash_part.as_str(), encode("path", path)?.as_slice())?;
+    Ok(Ok(Applied::PathStored {
+        replaced: old.is_some(),
+    }))
+}
+
+/// Stores a token so that each id names one secret and each secret one id.
+pub(crate) fn put_token(tx: &WriteTransaction, t: &TokenRecord) -> Result<(), RaftStoreError> {
+    let mut tokens = tx.open_table(TOKENS)?;
+    let mut ids = tx.open_table(TOKEN_IDS)?;
+    let old_secret = ids.get(t.id.as_str())?.map(|v| v.value().to_vec());
+    if let Some(old) = old_secret.filter(|old| old[..] != t.secret_hash[..]) {
+        tokens.remove(old.as_slice())?;
+    }
+    let old_record = match tokens.get(&t.secret_hash[..])? {
+        Some(v) => Some(decode::<TokenRecord>("token", v.value())?),
+        None => None,
+    };
+    if let Some(old) = old_record.filter(|old| old.id != t.id) {
+        ids.remove(old.id.as_str())?;
+    }
+    tokens.insert(&t.secret_hash[..], encode("token", t)?.as_slice())?;
+    ids.insert(t.id.as_str(), &t.secret_hash[..])?;
+    Ok(())
+}
+
+pub(crate) fn put_pin(tx: &WriteTransaction, pin: &PinRecord) -> Result<(), RaftStoreError> {
+    tx.open_table(PINS)?
+        .insert(pin.hash_part.as_str(), encode("pin", pin)?.as_slice())?;
+    Ok(())
+}
+
+pub(crate) fn put_retention(
+    tx: &WriteTransaction,
+    settings: &RetentionSettings,
+) -> Result<(), RaftStoreError> {
+    tx.open_table(SETTINGS)?
+        .insert(RETENTION_KEY, encode("settings", settings)?.as_slice())?;
+    Ok(())
+}
+
+/// Writes a path record as is (snapshot install: the snapshot was checked when built).
+pub(crate) fn put_path_raw(tx: &WriteTransaction, path: &PathRecord) -> Result<(), RaftStoreError> {
+    tx.open_table(PATHS)?.insert(
+        path.store_path.hash_part().as_str(),
+        encode("path", path)?.as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Writes a blob entry as is (snapshot install).
+pub(crate) fn put_blob_raw(tx: &WriteTransaction, e: &BlobEntry) -> Result<(), RaftStoreError> {
+    tx.open_table(BLOBS)?
+        .insert(e.blob.file_hash.digest(), encode("blob", e)?.as_slice())?;
+    Ok(())
+}
+
+/// One record of the state, as a snapshot carries it.
+pub(crate) enum StateRecord {
+    Path(PathRecord),
+    Blob(BlobEntry),
+    Token(TokenRecord),
+    Pin(PinRecord),
+    Retention(RetentionSettings),
+}
+
+/// Visits every record of the state seen by `tx`, table by table in key order.
+pub(crate) fn for_each_record(
+    tx: &ReadTransaction,
+    mut f: impl FnMut(StateRecord) -> Result<(), RaftStoreError>,
+) -> Result<(), RaftStoreError> {
+    for entry in tx.open_table(PATHS)?.iter()? {
+        let (_, v) = entry?;
+        f(StateRecord::Path(decode("path", v.value())?))?;
+    }
+    for entry in tx.open_table(BLOBS)?.iter()? {
+        let (_, v) = entry?;
+        f(StateRecord::Blob(decode("blob", v.value())?))?;
+    }
+    for entry in tx.open_table(TOKENS)?.iter()? {
+        let (_, v) = entry?;
+        f(StateRecord::Token(decode("token", v.value())?))?;
+    }
+    for entry in tx.open_table(PINS)?.iter()? {
+        let (_, v) = entry?;
+        f(StateRecord::Pin(decode("pin", v.value())?))?;
+    }
+    if let Some(v) = tx.open_table(SETTINGS)?.get(RETENTION_KEY)? {
+        f(StateRecord::Retention(decode("settings", v.value())?))?;
+    }
+    Ok(())
+}
+
+/// The state database, swappable as a whole when a snapshot is installed. Readers take
+/// the current one and keep a consistent view for as long as they hold it.
+#[derive(Clone)]
+pub(crate) struct SharedDb(Arc<RwLock<Arc<Database>>>);
+
+impl SharedDb {
+    pub(crate) fn new(db: Database) -> Self {
+        SharedDb(Arc::new(RwLock::new(Arc::new(db))))
+    }
+
+    pub(crate) fn current(&self) -> Arc<Database> {
+        self.0.read().clone()
+    }
+
+    pub(crate) fn replace(&self, db: Database) {
+        *self.0.write() = Arc::new(db);
+    }
+}
+
+/// Read access to the replicated metadata as this node has applied it: what the HTTP
+/// layer serves narinfos, NAR locations and token checks from. Cheap to clone; `Send +
+/// Sync`.
+///
+/// Every method is one redb read transaction and blocks on disk: call it from
+/// `spawn_blocking` on an async service. What it returns is this node's applied state,
+/// which on a follower or a node in a minority partition may lag the leader: fine for a
+/// narinfo hit, not for a confident 404 (confirm misses with the leader).
+#[derive(Clone)]
+pub struct ClusterState {
+    db: SharedDb,
+}
+
+impl fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterState").finish_non_exhaustive()
+    }
+}
+
+impl ClusterState {
+    pub(crate) fn new(db: SharedDb) -> Self {
+        ClusterState { db }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, RaftStoreError> {
+        Ok(self.db.current().begin_read()?)
+    }
+
+    /// The path whose store path has this hash part.
+    pub fn path(&self, hash_part: &str) -> Result<Option<PathRecord>, RaftStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(PATHS)?;
+        let Some(v) = table.get(hash_part)? else {
+            return Ok(None);
+        };
+        decode("path", v.value()).map(Some)
+    }
+
+    /// The hash parts (in the order given) that have no path record, all looked up in
+    /// one read transaction.
+    pub fn missing(&self, hash_parts: &[&str]) -> Result<Vec<String>, RaftStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(PATHS)?;
+        let mut out = Vec::new();
+        for &h in hash_parts {
+            if table.get(h)?.is_none() {
+                out.push(h.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blob with this file hash: its record, holders and refcount.
+    pub fn blob(&self, file_hash: &Hash) -> Result<Option<BlobEntry>, RaftStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(BLOBS)?;
+        let Some(v) = table.get(file_hash.digest())? else {
+            return Ok(None);
+        };
+        decode("blob", v.value()).map(Some)
+    }
+
+    /// The nodes holding the blob with this file hash (empty when it is unknown).
+    pub fn holders(&self, file_hash: &Hash) -> Result<Vec<NodeId>, RaftStoreError> {
+        Ok(self
+            .blob(file_hash)?
+            .map(|e| e.holders.into_keys().collect())
+            .unwrap_or_default())
+    }
+
+    /// The token whose text hashes to `h`, revoked or expired ones included: the caller
+    /// decides what those may do.
+    pub fn token_by_secret_hash(
+        &self,
+        h: &[u8; 32],
+    ) -> Result<Option<TokenRecord>, RaftStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(TOKENS)?;
+        let Some(v) = table.get(&h[..])? else {
+            return Ok(None);
+        };
+        decode("token", v.value()).map(Some)
+    }
+
+    /// The pin of the path with this hash part.
+    pub fn pin(&self, hash_part: &str) -> Result<Option<PinRecord>, RaftStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(PINS)?;
+        let Some(v) = table.get(hash_part)? else {
+            return Ok(None);
+        };
+        decode("pin", v.value()).map(Some)
+    }
+
+    /// Every pin, by hash part.
+    pub fn pins(&self) -> Result<Vec<PinRecord>, RaftStoreError> {
+        let tx = self.read()?;
+        let mut out = Vec::new();
+        for entry in tx.open_table(PINS)?.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("pin", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The retention settings, if ever set.
+    pub fn retention(&self) -> Result<Option<RetentionSettings>, RaftStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(SETTINGS)?;
+        let Some(v) = table.get(RETENTION_KEY)? else {
+            return Ok(None);
+        };
+        decode("settings", v.value()).map(Some)
+    }
+
+    pub fn path_count(&self) -> Result<u64, RaftStoreError> {
+        Ok(self.read()?.open_table(PATHS)?.len()?)
+    }
+
+    pub fn blob_count(&self) -> Result<u64, RaftStoreError> {
+        Ok(self.read()?.open_table(BLOBS)?.len()?)
+    }
+
+    /// The index of the last log entry applied to this state, if any.
+    pub fn applied_index(&self) -> Result<Option<u64>, RaftStoreError> {
+        let tx = self.read()?;
+        crate::raft::applied_index(&tx)
+    }
+}
