@@ -400,3 +400,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(blocking(move || current_snapshot(&snap_dir)).await?)
     }
 }
+
+#[cfg(test)]
+mod tests;
