@@ -45,8 +45,8 @@ pub enum RaftStoreError {
     /// The log holds a hole or an entry at the wrong index.
     #[error("the raft log is not contiguous at index {index}")]
     LogHole { index: u64 },
-    /// Reading or writing a snapshot file or the state directory failed.
-    #[error("snapshot file I/O failed")]
+    /// Reading or writing a snapshot file or a data directory failed.
+    #[error("raft storage file I/O failed")]
     Io(#[from] io::Error),
     /// A snapshot file is truncated, altered, or not a snapshot.
     #[error("the snapshot is malformed: {0}")]

@@ -8,6 +8,10 @@
 //!   that names openraft);
 //! - [`identity`]: the cluster id and node id on disk, written once.
 //!
+//! A path becomes visible only when its blob has enough registered holders: by default
+//! `min(2, voters)` (see [`HolderRule`]), so the default single-node deployment works and
+//! a cluster of three keeps two replicas of every visible NAR.
+//!
 //! Not here yet: the Raft network (internal RPCs), blob replication, repair and GC.
 
 pub mod command;

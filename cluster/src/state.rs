@@ -45,6 +45,9 @@ const RETENTION_KEY: &str = "retention";
 
 /// How many registered holders a blob needs before a path naming it is accepted.
 ///
+/// Every registered holder counts, whether or not it is still a member: removing a node
+/// from the cluster must unregister its copies (and repair make new ones) first.
+///
 /// The rule is part of what every node applies, so **every node of a cluster must be
 /// opened with the same rule**: two nodes with different rules would disagree about
 /// which paths exist. It is computed from replicated state only (the membership in

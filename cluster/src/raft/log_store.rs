@@ -175,8 +175,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let db = self.db.clone();
         let state = blocking(move || {
-            let last_purged: Option<LogId> = LogStore::get_meta(&db, LAST_PURGED_KEY)?;
             let tx = db.begin_read()?;
+            let last_purged: Option<LogId> = match tx.open_table(LOG_META)?.get(LAST_PURGED_KEY)? {
+                Some(v) => decode(LAST_PURGED_KEY, v.value())?,
+                None => None,
+            };
             let table = tx.open_table(LOG)?;
             let last = match table.last()? {
                 Some((_, v)) => Some(decode::<Entry>("log entry", v.value())?.log_id),

@@ -17,7 +17,7 @@ mod log_store;
 mod snapshot;
 mod state_machine;
 
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
@@ -58,12 +58,18 @@ pub(crate) const MEMBERSHIP_KEY: &str = "membership";
 pub(crate) fn applied_state(
     tx: &ReadTransaction,
 ) -> Result<(Option<LogId>, StoredMembership), RaftStoreError> {
-    let meta = tx.open_table(META)?;
-    let last = match redb::ReadableTable::get(&meta, LAST_APPLIED_KEY)? {
+    applied_state_in(&tx.open_table(META)?)
+}
+
+/// [`applied_state`] from an open `meta` table (of a read or a write transaction).
+pub(crate) fn applied_state_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(Option<LogId>, StoredMembership), RaftStoreError> {
+    let last = match meta.get(LAST_APPLIED_KEY)? {
         Some(v) => decode("last applied log id", v.value())?,
         None => None,
     };
-    let membership = match redb::ReadableTable::get(&meta, MEMBERSHIP_KEY)? {
+    let membership = match meta.get(MEMBERSHIP_KEY)? {
         Some(v) => decode("membership", v.value())?,
         None => StoredMembership::default(),
     };

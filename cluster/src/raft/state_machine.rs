@@ -29,8 +29,8 @@ use tracing::info;
 
 use super::snapshot::{read_meta, SnapshotReader, SnapshotWriter};
 use super::{
-    applied_state, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership,
-    TypeConfig, LAST_APPLIED_KEY, MEMBERSHIP_KEY,
+    applied_state, applied_state_in, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta,
+    StoredMembership, TypeConfig, LAST_APPLIED_KEY, MEMBERSHIP_KEY,
 };
 use crate::command::{Applied, Response};
 use crate::error::{blocking, encode, RaftStoreError};
@@ -161,9 +161,9 @@ fn apply_batch(
     rule: HolderRule,
     entries: &[Entry],
 ) -> Result<Vec<Response>, RaftStoreError> {
-    let (mut last, mut membership) = applied_state(&db.begin_read()?)?;
-    let mut voters = membership.voter_ids().count();
     let tx = db.begin_write()?;
+    let (mut last, mut membership) = applied_state_in(&tx.open_table(META)?)?;
+    let mut voters = membership.voter_ids().count();
     let mut responses = Vec::with_capacity(entries.len());
     for entry in entries {
         let response = match &entry.payload {
