@@ -12,7 +12,7 @@
 //! | `settings` | `"retention"` | [`RetentionSettings`] |
 //!
 //! Nothing here knows openraft: the Raft side (log ids, membership, snapshots) lives in
-//! [`crate::raft`], which calls [`apply_command`] inside its own write transaction.
+//! [`crate::raft`], which calls `apply_command` inside its own write transaction.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The one place that names openraft. It fixes the type configuration ([`TypeConfig`]:
 //! node ids are `u64`, a node is its [`ClusterNode`] address, log entries carry a
-//! [`Command`](crate::Command) and yield a [`Response`](crate::Response)) and implements
+//! [`Command`] and yield a [`Response`]) and implements
 //! openraft's storage traits over redb:
 //!
 //! - [`LogStore`]: the Raft log, the vote and the committed log id in `raft-log.redb`
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
 pub use snapshot::SnapshotFile;
-pub use state_machine::StateMachineStore;
+pub use state_machine::{StateMachineStore, StateSnapshotBuilder};
 
 use crate::command::{Command, Response};
 use crate::error::{decode, RaftStoreError};
