@@ -173,3 +173,81 @@ pub async fn revoke_token(
         Err(ServerError::NotFound)
     }
 }
+
+/// One node in `GET /api/v1/status`. The consensus fields are `null` until the node
+/// runs in a cluster; a single node is its own cluster of one.
+#[derive(Serialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub reachable: bool,
+    /// `single` for a standalone node; `leader`, `follower`, `learner` in a cluster.
+    pub role: &'static str,
+    pub term: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Log entries the node is behind the leader.
+    pub replication_lag: Option<u64>,
+    pub blobs_held: u64,
+    /// Blobs this node should hold but does not.
+    pub blobs_missing: u64,
+    pub disk_total_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub version: &'static str,
+    pub uptime_secs: u64,
+}
+
+/// `GET /api/v1/status`: what `cachectl status` shows.
+#[derive(Serialize)]
+pub struct Status {
+    pub leader: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub paths: u64,
+    pub stored_bytes: u64,
+    pub under_replicated_blobs: u64,
+    /// Each blob's target number of copies.
+    pub replicas_target: u64,
+    pub upload_sessions: usize,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// `GET /api/v1/status` (read scope; public unless the cache is private).
+pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ServerError> {
+    s.auth.check(&s.db, &headers, Scope::Read)?;
+    let state = s.clone();
+    let status = tokio::task::spawn_blocking(move || -> Result<Status, ServerError> {
+        let paths = state.db.path_count()?;
+        let (blobs, stored_bytes) = state.db.blob_stats()?;
+        let (total, free) = state
+            .blobs
+            .disk_usage()
+            .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(Status {
+            leader: Some(1),
+            voters: vec![1],
+            learners: Vec::new(),
+            paths,
+            stored_bytes,
+            under_replicated_blobs: 0,
+            replicas_target: 1,
+            upload_sessions: state.sessions.len(),
+            nodes: vec![NodeStatus {
+                id: 1,
+                reachable: true,
+                role: "single",
+                term: None,
+                last_log_index: None,
+                applied_index: None,
+                replication_lag: None,
+                blobs_held: blobs,
+                blobs_missing: 0,
+                disk_total_bytes: total,
+                disk_free_bytes: free,
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_secs: state.started.elapsed().as_secs(),
+            }],
+        })
+    })
+    .await??;
+    Ok(Json(status).into_response())
+}

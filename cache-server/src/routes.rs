@@ -40,6 +40,7 @@ pub fn router(state: Shared) -> Router {
         .route("/nar/{file}", get(nar).put(upload::put_nar))
         .route("/log/{drv}", get(build_log).put(logs::put_log))
         .route("/api/v1/missing", post(api::missing))
+        .route("/api/v1/status", get(api::status))
         .route("/api/v1/uploads", post(sessions::create))
         .route(
             "/api/v1/uploads/{id}",

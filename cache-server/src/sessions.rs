@@ -214,6 +214,15 @@ impl Sessions {
         self.dir.join(id)
     }
 
+    /// Sessions open now.
+    pub fn len(&self) -> usize {
+        self.by_id.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.lock().is_empty()
+    }
+
     fn get(&self, id: &str) -> Option<Arc<Session>> {
         self.by_id.lock().get(id).cloned()
     }

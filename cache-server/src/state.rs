@@ -37,6 +37,8 @@ pub struct AppState {
     pub logs: crate::logs::LogStore,
     pub cache_info: Bytes,
     pub landing: Bytes,
+    /// When this process started serving, for `uptime` in the status report.
+    pub started: std::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,7 @@ impl AppState {
             logs,
             cache_info,
             landing,
+            started: std::time::Instant::now(),
         }))
     }
 

@@ -13,6 +13,7 @@ mod parts;
 mod progress;
 mod push;
 mod queue;
+mod status;
 mod token;
 mod uploader;
 
@@ -30,7 +31,7 @@ use clap::{Parser, Subcommand};
                   with; `token` creates, lists and revokes access tokens through the \
                   cache's admin API; `push` uploads store paths and their closures; \
                   `hook` (Nix's post-build-hook) queues built paths and `uploader` \
-                  uploads what is queued.",
+                  uploads what is queued; `status` reports the health of the cache.",
     propagate_version = true
 )]
 struct Cli {
@@ -45,6 +46,7 @@ enum Command {
     Push(push::Args),
     Hook(hook::Args),
     Uploader(uploader::Args),
+    Status(status::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Uploader(args) => uploader::run(args),
+        Command::Status(args) => return status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -317,6 +317,15 @@ impl BlobStore {
         self.blobs.join(&name[..2]).join(&name)
     }
 
+    /// Size and free space (for an unprivileged writer) of the store's disk.
+    pub fn disk_usage(&self) -> Result<(u64, u64), BlobError> {
+        let st = rustix::fs::statvfs(&self.root).map_err(|e| BlobError::Io(e.into()))?;
+        Ok((
+            st.f_blocks.saturating_mul(st.f_frsize),
+            st.f_bavail.saturating_mul(st.f_frsize),
+        ))
+    }
+
     /// Free bytes on the store's disk for an unprivileged writer.
     fn free_bytes(&self) -> io::Result<u64> {
         let st = rustix::fs::statvfs(&self.root)?;

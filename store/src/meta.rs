@@ -347,6 +347,21 @@ impl CacheDb {
         Ok(out)
     }
 
+    /// How many blobs are recorded and their stored (compressed) bytes. Reads every
+    /// blob record: for status reports, not for request paths.
+    pub fn blob_stats(&self) -> Result<(u64, u64), MetaError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BLOBS)?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            let rec: BlobRecord = decode("blob", value.value())?;
+            count += 1;
+            bytes += rec.file_size;
+        }
+        Ok((count, bytes))
+    }
+
     pub fn path_count(&self) -> Result<u64, MetaError> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(PATHS)?.len()?)

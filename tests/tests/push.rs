@@ -517,3 +517,51 @@ fn push_skips_paths_signed_by_an_upstream_key() {
     );
     assert_eq!(s.narinfo_status(root), 200);
 }
+
+#[test]
+fn status_reports_what_the_cache_holds_and_exits_by_health() {
+    let s = setup(|_| {});
+    let paths = s.nix.build_fixtures(&testkit::salt(), 2);
+    assert_eq!(
+        summary(&s.push("ci", &[paths.last().unwrap()]))["uploaded"],
+        2
+    );
+
+    let url = s.server.url();
+    let out = s
+        .cachectl(&["status", "--cache", &url, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["health"], "healthy", "{v}");
+    assert_eq!(v["paths"], 2, "{v}");
+    assert_eq!(v["nodes"][0]["blobs_held"], 2, "{v}");
+    assert!(v["stored_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["nodes"][0]["disk_free_bytes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+
+    let out = s.cachectl(&["status", "--cache", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("healthy") && text.contains("paths 2"),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+
+    // Nothing listening: unavailable.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = s.cachectl(&["status", "--cache", &dead]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
