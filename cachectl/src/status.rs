@@ -170,7 +170,7 @@ fn render(url: &str, s: &Status, health: Health, why: &[String]) -> String {
     }
     out.push('\n');
     out.push_str(&format!(
-        "{:<4} {:<9} {:>5} {:>15} {:>5} {:>7} {:>17} {:>6}\n",
+        "{:<4} {:<8} {:>5} {:>17} {:>5} {:>13} {:>15} {:>6}\n",
         "node", "role", "term", "log/applied", "lag", "blobs", "disk free/total", "up"
     ));
     for n in &s.nodes {
@@ -190,7 +190,7 @@ fn render(url: &str, s: &Status, health: Health, why: &[String]) -> String {
             short_bytes(n.disk_total_bytes)
         );
         out.push_str(&format!(
-            "{:<4} {:<9} {:>5} {:>15} {:>5} {:>7} {:>17} {:>6}\n",
+            "{:<4} {:<8} {:>5} {:>17} {:>5} {:>13} {:>15} {:>6}\n",
             n.id,
             n.role,
             opt(n.term),
