@@ -213,3 +213,89 @@ pub fn substitute(
     let info = client.path_info(Some(&dest.uri()), &[root]);
     (dest, info)
 }
+
+/// A TCP proxy on `127.0.0.1:0` in front of `target` that forwards what clients send at
+/// most `bytes_per_sec` (answers pass at full speed): a real, slow network link, so a
+/// test can act in the middle of an upload. Stops when dropped.
+pub struct SlowLink {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowLink {
+    pub fn start(target: SocketAddr, bytes_per_sec: u64) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        accepted = listener.accept() => {
+                            let Ok((client, _)) = accepted else { continue };
+                            tokio::spawn(relay(client, target, bytes_per_sec));
+                        }
+                    }
+                }
+            });
+        });
+        SlowLink {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn relay(client: tokio::net::TcpStream, target: SocketAddr, bytes_per_sec: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let up = async move {
+        // 10 slices a second, each at most a tenth of the rate.
+        let slice = (bytes_per_sec / 10).max(1) as usize;
+        let mut buf = vec![0u8; slice];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if server_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = server_tx.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
