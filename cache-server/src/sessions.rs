@@ -245,7 +245,9 @@ impl Sessions {
     }
 
     /// Deletes sessions untouched for [`SESSION_TTL_SECS`] (none with a part in flight).
-    fn sweep(&self) {
+    /// Blocking (it deletes files). `cairnd` runs it hourly; creating a session runs it
+    /// too.
+    pub fn sweep(&self) {
         let at = now();
         let expired: Vec<String> = self
             .by_id

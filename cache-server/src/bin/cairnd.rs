@@ -266,6 +266,17 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         let rate = config.max_connection_rate;
         let state = cache_server::AppState::new(config, keyring)?;
         tracing::info!(store = %state.config.store_dir, "serving");
+        // Upload sessions nobody touched for a day go with their bytes, also when no
+        // new upload comes along to notice.
+        let sweeper = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let s = sweeper.clone();
+                let _ = tokio::task::spawn_blocking(move || s.sessions.sweep()).await;
+            }
+        });
         cache_server::serve(
             listeners,
             cache_server::router(state),
