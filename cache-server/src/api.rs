@@ -38,7 +38,7 @@ pub async fn missing(
     headers: HeaderMap,
     Json(req): Json<MissingRequest>,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     if req.paths.len() > MAX_MISSING_QUERY {
         return Err(ServerError::BadRequest("too many paths in one request"));
     }
@@ -50,7 +50,7 @@ pub async fn missing(
         nix_formats::store_path::parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
         hashes.push(hash);
     }
-    let absent = s.db.missing(&hashes)?;
+    let absent = s.catalog.missing(&hashes)?;
     let mut missing = Vec::new();
     for (p, h) in req.paths.iter().zip(&hashes) {
         if !absent.iter().any(|a| a == h) {
@@ -111,7 +111,7 @@ pub async fn create_token(
     headers: HeaderMap,
     Json(req): Json<CreateToken>,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Admin)?;
+    s.auth.check(&s.catalog, &headers, Scope::Admin)?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(ServerError::BadRequest(
             "token name must be 1 to 200 characters",
@@ -137,7 +137,7 @@ pub async fn create_token(
         created,
         revoked: false,
     };
-    s.db.put_token(&rec)?;
+    crate::replication::put_token(&s, rec.clone()).await?;
     tracing::info!(id = %rec.id, name = %rec.name, "created token");
     Ok((
         StatusCode::CREATED,
@@ -154,8 +154,8 @@ pub async fn list_tokens(
     State(s): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Admin)?;
-    let list: Vec<TokenInfo> = s.db.tokens()?.iter().map(info).collect();
+    s.auth.check(&s.catalog, &headers, Scope::Admin)?;
+    let list: Vec<TokenInfo> = s.catalog.tokens()?.iter().map(info).collect();
     Ok(Json(list).into_response())
 }
 
@@ -165,8 +165,8 @@ pub async fn revoke_token(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Admin)?;
-    if s.db.revoke_token(&id)? {
+    s.auth.check(&s.catalog, &headers, Scope::Admin)?;
+    if crate::replication::revoke_token(&s, id.clone()).await? {
         tracing::info!(id = %id, "revoked token");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -174,26 +174,57 @@ pub async fn revoke_token(
     }
 }
 
-/// One node in `GET /api/v1/status`. The consensus fields are `null` until the node
-/// runs in a cluster; a single node is its own cluster of one.
-#[derive(Serialize)]
+/// One node in `GET /api/v1/status`. The consensus fields are `null` on a standalone
+/// cache, which reports itself as a cluster of one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
     pub reachable: bool,
-    /// `single` for a standalone node; `leader`, `follower`, `learner` in a cluster.
-    pub role: &'static str,
+    /// `single` for a standalone cache; `leader`, `follower`, `learner`, `candidate`
+    /// in a cluster; `unjoined` for a node that belongs to no cluster yet.
+    pub role: String,
     pub term: Option<u64>,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
     /// Log entries the node is behind the leader.
     pub replication_lag: Option<u64>,
     pub blobs_held: u64,
-    /// Blobs this node should hold but does not.
+    /// Blobs below the replica target that this node does not hold yet.
     pub blobs_missing: u64,
     pub disk_total_bytes: u64,
     pub disk_free_bytes: u64,
-    pub version: &'static str,
+    pub version: String,
     pub uptime_secs: u64,
+}
+
+impl NodeStatus {
+    fn unreachable(id: u64) -> Self {
+        NodeStatus {
+            reachable: false,
+            role: "unreachable".into(),
+            version: String::new(),
+            ..Self::blank(id, 0, 0, 0)
+        }
+    }
+
+    /// A reachable node's line with nothing known beyond its disk and uptime.
+    fn blank(id: u64, total: u64, free: u64, uptime_secs: u64) -> Self {
+        NodeStatus {
+            id,
+            reachable: true,
+            role: "single".into(),
+            term: None,
+            last_log_index: None,
+            applied_index: None,
+            replication_lag: None,
+            blobs_held: 0,
+            blobs_missing: 0,
+            disk_total_bytes: total,
+            disk_free_bytes: free,
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs,
+        }
+    }
 }
 
 /// `GET /api/v1/status`: what `cachectl status` shows.
@@ -211,18 +242,68 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
 }
 
-/// `GET /api/v1/status` (read scope; public unless the cache is private).
-pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Read)?;
+/// The replica target in force: `replicas`, capped by the number of members.
+fn replica_target(s: &AppState, node: &cluster::Node) -> u64 {
+    let want = s.config.cluster.as_ref().map(|c| c.replicas).unwrap_or(3);
+    want.min(node.members().len().max(1)) as u64
+}
+
+/// Blob counts of a cluster node's state: (held here, below target and not here,
+/// below target anywhere).
+fn blob_counts(node: &cluster::Node, target: u64) -> Result<(u64, u64, u64), ServerError> {
+    let me = node.id();
+    let (mut held, mut missing, mut under) = (0, 0, 0);
+    node.state().for_each_blob(|e| {
+        let here = e.holders.contains_key(&me);
+        let short = (e.holders.len() as u64) < target;
+        held += u64::from(here);
+        missing += u64::from(short && !here);
+        under += u64::from(short);
+        true
+    })?;
+    Ok((held, missing, under))
+}
+
+/// This node's own line of the status report.
+pub async fn local_node_status(s: &Shared) -> Result<NodeStatus, ServerError> {
     let state = s.clone();
-    let status = tokio::task::spawn_blocking(move || -> Result<Status, ServerError> {
-        let paths = state.db.path_count()?;
-        let (blobs, stored_bytes) = state.db.blob_stats()?;
+    tokio::task::spawn_blocking(move || -> Result<NodeStatus, ServerError> {
         let (total, free) = state
             .blobs
             .disk_usage()
             .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
-        Ok(Status {
+        let mut n = NodeStatus::blank(1, total, free, state.started.elapsed().as_secs());
+        match state.catalog.node() {
+            None => n.blobs_held = state.catalog.blob_stats()?.0,
+            Some(node) => {
+                let m = node.metrics();
+                n.id = node.id();
+                n.role = if node.identity().is_none() {
+                    "unjoined".into()
+                } else {
+                    format!("{:?}", m.state).to_lowercase()
+                };
+                n.term = Some(m.current_term);
+                n.last_log_index = m.last_log_index;
+                n.applied_index = m.last_applied.map(|l| l.index);
+                let (held, missing, _) = blob_counts(node, replica_target(&state, node))?;
+                n.blobs_held = held;
+                n.blobs_missing = missing;
+            }
+        }
+        Ok(n)
+    })
+    .await?
+}
+
+/// `GET /api/v1/status` (read scope; public unless the cache is private). On a
+/// cluster node it asks every member for its line (2 s each, at once).
+pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ServerError> {
+    s.auth.check(&s.catalog, &headers, Scope::Read)?;
+    let local = local_node_status(&s).await?;
+    let Some(node) = s.catalog.node().cloned() else {
+        let (paths, (_, stored_bytes)) = (s.catalog.path_count()?, s.catalog.blob_stats()?);
+        return Ok(Json(Status {
             leader: Some(1),
             voters: vec![1],
             learners: Vec::new(),
@@ -230,24 +311,198 @@ pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Respo
             stored_bytes,
             under_replicated_blobs: 0,
             replicas_target: 1,
-            upload_sessions: state.sessions.len(),
-            nodes: vec![NodeStatus {
-                id: 1,
-                reachable: true,
-                role: "single",
-                term: None,
-                last_log_index: None,
-                applied_index: None,
-                replication_lag: None,
-                blobs_held: blobs,
-                blobs_missing: 0,
-                disk_total_bytes: total,
-                disk_free_bytes: free,
-                version: env!("CARGO_PKG_VERSION"),
-                uptime_secs: state.started.elapsed().as_secs(),
-            }],
+            upload_sessions: s.sessions.len(),
+            nodes: vec![local],
         })
+        .into_response());
+    };
+    let members = node.members();
+    let me = node.id();
+    let reports = futures_util::future::join_all(members.iter().map(|m| {
+        let node = node.clone();
+        let local = local.clone();
+        async move {
+            if m.node_id == me {
+                return local;
+            }
+            let rb = node
+                .wire()
+                .raft_request(reqwest::Method::GET, &m.addr, "/status", m.node_id)
+                .timeout(std::time::Duration::from_secs(2));
+            cluster::net::send_json::<NodeStatus>(rb, m.node_id, &m.addr)
+                .await
+                .unwrap_or_else(|_| NodeStatus::unreachable(m.node_id))
+        }
+    }))
+    .await;
+    let mut nodes = if members.iter().any(|m| m.node_id == me) {
+        reports
+    } else {
+        // Not (yet) a member: show this node alone beside what it knows.
+        let mut v = vec![local];
+        v.extend(reports);
+        v
+    };
+    let metrics = node.metrics();
+    let leader = metrics.current_leader;
+    let leader_log = nodes
+        .iter()
+        .find(|n| Some(n.id) == leader && n.reachable)
+        .and_then(|n| n.last_log_index);
+    for n in &mut nodes {
+        if n.reachable {
+            n.replication_lag = leader_log.map(|l| l.saturating_sub(n.applied_index.unwrap_or(0)));
+        }
+    }
+    let target = replica_target(&s, &node);
+    let st = s.clone();
+    let n2 = node.clone();
+    let (paths, stored_bytes, under) =
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            let paths = st.catalog.path_count()?;
+            let (_, bytes) = st.catalog.blob_stats()?;
+            let (_, _, under) = blob_counts(&n2, target)?;
+            Ok((paths, bytes, under))
+        })
+        .await??;
+    Ok(Json(Status {
+        leader,
+        voters: members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.node_id)
+            .collect(),
+        learners: members
+            .iter()
+            .filter(|m| !m.voter)
+            .map(|m| m.node_id)
+            .collect(),
+        paths,
+        stored_bytes,
+        under_replicated_blobs: under,
+        replicas_target: target,
+        upload_sessions: s.sessions.len(),
+        nodes,
     })
-    .await??;
-    Ok(Json(status).into_response())
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterInitRequest {
+    /// Make the configured `[[cluster.peers]]` voters too (default true). Each must be
+    /// up and fresh (no identity of another cluster).
+    #[serde(default = "yes")]
+    pub with_peers: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn write_error(e: cluster::WriteError) -> ServerError {
+    match e {
+        cluster::WriteError::Refused(m) => ServerError::Conflict(m),
+        other => ServerError::Unavailable(other.to_string()),
+    }
+}
+
+/// `POST /api/v1/cluster/init` (admin): makes this node the first of a new cluster,
+/// with the configured peers as voters. Repeating it is harmless.
+pub async fn cluster_init(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Option<Json<ClusterInitRequest>>,
+) -> Result<Response, ServerError> {
+    s.auth.check(&s.catalog, &headers, Scope::Admin)?;
+    let node = crate::replication::node_of(&s)?.clone();
+    let with_peers = body.map(|Json(b)| b.with_peers).unwrap_or(true);
+    let cfg = s
+        .config
+        .cluster
+        .as_ref()
+        .expect("a node has a cluster config");
+    let identity = node
+        .init_identity()
+        .map_err(|e| ServerError::Conflict(e.to_string()))?;
+    let mut members = std::collections::BTreeMap::from([(
+        node.id(),
+        cluster::ClusterNode {
+            addr: cfg.advertise.clone(),
+        },
+    )]);
+    if with_peers {
+        for p in &cfg.peers {
+            let rb = node
+                .wire()
+                .raft_request(reqwest::Method::POST, &p.addr, "/cluster/adopt", p.node_id)
+                .timeout(std::time::Duration::from_secs(10))
+                .json(&cluster::node::Adopt {
+                    cluster_id: identity.cluster_id.clone(),
+                });
+            cluster::net::send_json::<serde_json::Value>(rb, p.node_id, &p.addr)
+                .await
+                .map_err(|e| {
+                    ServerError::Unavailable(format!(
+                        "peer {} did not join (nothing initialised; fix it and run init again): {e}",
+                        p.node_id
+                    ))
+                })?;
+            members.insert(
+                p.node_id,
+                cluster::ClusterNode {
+                    addr: p.addr.clone(),
+                },
+            );
+        }
+    }
+    node.initialize(members.clone())
+        .await
+        .map_err(|e| ServerError::Conflict(e.to_string()))?;
+    tracing::info!(cluster = %identity.cluster_id, voters = ?members.keys().collect::<Vec<_>>(), "cluster initialised");
+    Ok(Json(serde_json::json!({
+        "cluster_id": identity.cluster_id,
+        "voters": members.keys().collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodeRequest {
+    pub node_id: u64,
+    /// The new node's cluster listener, `host:port`.
+    pub addr: String,
+}
+
+/// `POST /api/v1/cluster/nodes` (admin): adds a fresh node as a learner, waits until it
+/// has caught up, then makes it a voter.
+pub async fn cluster_add(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Json(req): Json<AddNodeRequest>,
+) -> Result<Response, ServerError> {
+    s.auth.check(&s.catalog, &headers, Scope::Admin)?;
+    let node = crate::replication::node_of(&s)?.clone();
+    node.change_membership(cluster::MembershipChange::Add {
+        node_id: req.node_id,
+        addr: req.addr,
+    })
+    .await
+    .map_err(write_error)?;
+    Ok(Json(serde_json::json!({"members": node.members()})).into_response())
+}
+
+/// `DELETE /api/v1/cluster/nodes/<id>` (admin): removes a node from the membership.
+pub async fn cluster_remove(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    s.auth.check(&s.catalog, &headers, Scope::Admin)?;
+    let node = crate::replication::node_of(&s)?.clone();
+    node.change_membership(cluster::MembershipChange::Remove { node_id: id })
+        .await
+        .map_err(write_error)?;
+    Ok(Json(serde_json::json!({"members": node.members()})).into_response())
 }

@@ -12,7 +12,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use store::meta::{CacheDb, Scope, TokenRecord};
+use store::meta::{Scope, TokenRecord};
+
+use crate::catalog::Catalog;
 
 use crate::error::ServerError;
 
@@ -147,7 +149,7 @@ impl Auth {
     /// No or unknown credentials: 401; a valid token lacking the scope: 403.
     pub fn check(
         &self,
-        db: &CacheDb,
+        db: &Catalog,
         headers: &HeaderMap,
         needed: Scope,
     ) -> Result<Option<Caller>, ServerError> {

@@ -173,6 +173,107 @@ pub struct FileConfig {
     pub max_log_bytes: Option<u64>,
     /// Serve the local Nix store too. Default: when its database exists.
     pub serve_local_store: Option<bool>,
+    /// Run as a node of a replicated cluster (`[cluster]`); absent: a standalone cache.
+    pub cluster: Option<ClusterFileConfig>,
+}
+
+/// `[cluster]`: this node's place in a replicated cluster.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFileConfig {
+    /// This node's id, 1 or more, unique in the cluster and never reused.
+    pub node_id: Option<u64>,
+    /// The cluster listener (`host:port` on the cluster network), serving only
+    /// node-to-node traffic.
+    pub listen: Option<String>,
+    /// How peers reach the cluster listener. Default: `listen`.
+    pub advertise: Option<String>,
+    /// File holding the shared cluster secret (one line, 32+ characters, mode 0600).
+    pub secret_file: Option<PathBuf>,
+    /// The other nodes `cachectl cluster init` makes voters: `[[cluster.peers]]` with
+    /// `node_id` and `addr` (their cluster listeners).
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Copies of every blob the repair worker keeps. Default 3.
+    pub replicas: Option<usize>,
+    /// Raft heartbeat interval in milliseconds. Default 250.
+    pub heartbeat_ms: Option<u64>,
+    /// Raft election timeout range in milliseconds. Default [1500, 3000].
+    pub election_timeout_ms: Option<[u64; 2]>,
+    /// Log entries between snapshots. Default 10000.
+    pub snapshot_logs: Option<u64>,
+    /// Seconds between repair passes. Default 30.
+    pub repair_interval_secs: Option<u64>,
+}
+
+/// A peer in `[[cluster.peers]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub node_id: u64,
+    pub addr: String,
+}
+
+/// `[cluster]` after defaults.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub listen: String,
+    pub advertise: String,
+    pub secret_file: PathBuf,
+    pub peers: Vec<PeerConfig>,
+    pub replicas: usize,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+    pub snapshot_logs: u64,
+    pub repair_interval_secs: u64,
+}
+
+impl ClusterConfig {
+    fn resolve(f: &ClusterFileConfig) -> Result<Self, ConfigError> {
+        let bad = |m: &str| ConfigError::Invalid(format!("[cluster] {m}"));
+        let node_id = f.node_id.ok_or_else(|| bad("node_id is required"))?;
+        if node_id == 0 {
+            return Err(bad("node_id must be 1 or more"));
+        }
+        let listen = f.listen.clone().ok_or_else(|| bad("listen is required"))?;
+        let secret_file = f
+            .secret_file
+            .clone()
+            .ok_or_else(|| bad("secret_file is required"))?;
+        let mut seen = std::collections::BTreeSet::from([node_id]);
+        for p in &f.peers {
+            if !seen.insert(p.node_id) || p.node_id == 0 {
+                return Err(bad(&format!(
+                    "peer node_id {} is 0 or appears twice (or is this node's)",
+                    p.node_id
+                )));
+            }
+        }
+        let heartbeat_ms = f.heartbeat_ms.unwrap_or(250);
+        let [emin, emax] = f.election_timeout_ms.unwrap_or([1500, 3000]);
+        if heartbeat_ms == 0 || emin < 3 * heartbeat_ms || emax <= emin {
+            return Err(bad(
+                "election_timeout_ms must be [min, max] with max > min >= 3 * heartbeat_ms",
+            ));
+        }
+        let replicas = f.replicas.unwrap_or(3);
+        if !(1..=7).contains(&replicas) {
+            return Err(bad("replicas must be 1 to 7"));
+        }
+        Ok(ClusterConfig {
+            node_id,
+            advertise: f.advertise.clone().unwrap_or_else(|| listen.clone()),
+            listen,
+            secret_file,
+            peers: f.peers.clone(),
+            replicas,
+            heartbeat_ms,
+            election_timeout_ms: (emin, emax),
+            snapshot_logs: f.snapshot_logs.unwrap_or(10_000).max(10),
+            repair_interval_secs: f.repair_interval_secs.unwrap_or(30).max(1),
+        })
+    }
 }
 
 impl FileConfig {
@@ -220,6 +321,7 @@ pub struct Config {
     pub upload_part_bytes: u64,
     pub max_log_bytes: u64,
     pub serve_local_store: Option<bool>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 fn cpus() -> usize {
@@ -339,6 +441,11 @@ impl Config {
             upload_part_bytes,
             max_log_bytes: file.max_log_bytes.unwrap_or(64 << 20),
             serve_local_store: file.serve_local_store,
+            cluster: file
+                .cluster
+                .as_ref()
+                .map(ClusterConfig::resolve)
+                .transpose()?,
         })
     }
 }

@@ -49,6 +49,16 @@ pub enum ServerError {
     /// A blocking task died (panic or runtime shutdown).
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// The cluster's replicated state could not be read.
+    #[error("cluster state error")]
+    Cluster(cluster::RaftStoreError),
+    /// The cluster cannot take the write now (no quorum, too few replicas reachable);
+    /// nothing was made visible. The reason is safe to show.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request conflicts with the cluster's state (a membership change refused).
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl ServerError {
@@ -63,9 +73,12 @@ impl ServerError {
             ServerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServerError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ServerError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ServerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::Conflict(_) => StatusCode::CONFLICT,
             ServerError::Store(_)
             | ServerError::Meta(_)
             | ServerError::Io(_)
+            | ServerError::Cluster(_)
             | ServerError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +94,8 @@ impl IntoResponse for ServerError {
                 ServerError::Io(e) => tracing::error!(error = %e, "I/O error"),
                 ServerError::Task(e) => tracing::error!(error = %e, "task failed"),
                 ServerError::Meta(e) => tracing::error!(error = %e, "cache database error"),
+                ServerError::Cluster(e) => tracing::error!(error = %e, "cluster state error"),
+                ServerError::Unavailable(reason) => tracing::warn!(%reason, "write refused"),
                 ServerError::NotFound
                 | ServerError::Unauthorized
                 | ServerError::Forbidden
@@ -90,6 +105,7 @@ impl IntoResponse for ServerError {
                 | ServerError::UnsupportedEncoding
                 | ServerError::BadHash
                 | ServerError::BadRequest(_)
+                | ServerError::Conflict(_)
                 | ServerError::RangeNotSatisfiable(_) => {}
             }
         }

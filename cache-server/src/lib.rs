@@ -5,14 +5,17 @@
 
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod internal;
 pub mod keys;
 mod landing;
 mod logs;
 pub mod metrics;
 mod nar_stream;
 mod narinfo_cache;
+pub mod replication;
 pub mod routes;
 pub mod serve;
 pub mod sessions;

@@ -66,7 +66,7 @@ pub async fn put_log(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     let path = StorePath::from_base_name(&drv).map_err(|_| ServerError::BadHash)?;
     if !path.name().ends_with(".drv") {
         return Err(ServerError::BadRequest("logs go to /log/<hash>-<name>.drv"));

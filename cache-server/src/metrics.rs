@@ -79,6 +79,14 @@ pub struct Metrics {
     pub variant_cache_hits: AtomicU64,
     pub variant_cache_misses: AtomicU64,
     pub nar_aborts: AtomicU64,
+    /// Blob copies sent to peers that verified and kept them.
+    pub blob_copies: AtomicU64,
+    /// Blobs this node should fetch to reach the replica target (last repair pass).
+    pub repair_backlog: AtomicU64,
+    /// Leader changes this node has seen.
+    pub leader_changes: AtomicU64,
+    commit_count: AtomicU64,
+    commit_sum_us: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -92,6 +100,11 @@ impl Default for Metrics {
             variant_cache_hits: AtomicU64::new(0),
             variant_cache_misses: AtomicU64::new(0),
             nar_aborts: AtomicU64::new(0),
+            blob_copies: AtomicU64::new(0),
+            repair_backlog: AtomicU64::new(0),
+            leader_changes: AtomicU64::new(0),
+            commit_count: AtomicU64::new(0),
+            commit_sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -110,6 +123,79 @@ impl Metrics {
             .unwrap_or(BUCKETS.len());
         self.latency[route.index() * (BUCKETS.len() + 1) + b].fetch_add(1, Relaxed);
         self.latency_sum_us[route.index()].fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// One path committed through Raft, taking `elapsed` from proposal to answer.
+    pub fn observe_commit(&self, elapsed: Duration) {
+        self.commit_count.fetch_add(1, Relaxed);
+        self.commit_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// The cluster's figures (appended to [`Metrics::render`] on a cluster node).
+    pub fn render_cluster(&self, node: &cluster::Node) -> String {
+        let m = node.metrics();
+        let mut out = String::with_capacity(2048);
+        let last_log = m.last_log_index.unwrap_or(0);
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("cairn_raft_term", "Current Raft term.", m.current_term);
+        gauge(
+            "cairn_raft_is_leader",
+            "1 on the leader.",
+            u64::from(m.current_leader == Some(node.id())),
+        );
+        gauge(
+            "cairn_raft_last_log_index",
+            "Last Raft log index on this node.",
+            last_log,
+        );
+        gauge(
+            "cairn_raft_applied_index",
+            "Last Raft log index applied to this node's state.",
+            m.last_applied.map(|l| l.index).unwrap_or(0),
+        );
+        gauge(
+            "cairn_repair_backlog_blobs",
+            "Blobs this node should fetch to reach the replica target.",
+            self.repair_backlog.load(Relaxed),
+        );
+        if let Some(rep) = &m.replication {
+            out.push_str("# HELP cairn_raft_replication_lag_entries Entries a follower is behind the leader's log.\n# TYPE cairn_raft_replication_lag_entries gauge\n");
+            for (id, matched) in rep {
+                let lag = last_log.saturating_sub(matched.map(|l| l.index).unwrap_or(0));
+                let _ = writeln!(
+                    out,
+                    "cairn_raft_replication_lag_entries{{node=\"{id}\"}} {lag}"
+                );
+            }
+        }
+        let counters = [
+            (
+                "cairn_raft_leader_changes_total",
+                "Leader changes seen by this node.",
+                self.leader_changes.load(Relaxed),
+            ),
+            (
+                "cairn_blob_copies_total",
+                "Blob copies sent to peers and verified there.",
+                self.blob_copies.load(Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cairn_raft_commit_seconds Time from proposing a path to its commit.\n# TYPE cairn_raft_commit_seconds summary\ncairn_raft_commit_seconds_sum {}\ncairn_raft_commit_seconds_count {}",
+            self.commit_sum_us.load(Relaxed) as f64 / 1e6,
+            self.commit_count.load(Relaxed)
+        );
+        out
     }
 
     pub fn add_bytes(&self, enc: Encoding, n: u64) {

@@ -3,7 +3,7 @@
 //! operator endpoints.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -41,6 +41,9 @@ pub fn router(state: Shared) -> Router {
         .route("/log/{drv}", get(build_log).put(logs::put_log))
         .route("/api/v1/missing", post(api::missing))
         .route("/api/v1/status", get(api::status))
+        .route("/api/v1/cluster/init", post(api::cluster_init))
+        .route("/api/v1/cluster/nodes", post(api::cluster_add))
+        .route("/api/v1/cluster/nodes/{id}", delete(api::cluster_remove))
         .route("/api/v1/uploads", post(sessions::create))
         .route(
             "/api/v1/uploads/{id}",
@@ -108,7 +111,12 @@ async fn health(State(s): State<Shared>) -> Response {
             .map_err(|e| e.to_string()),
         None => Ok(()),
     };
-    let probe = probe.and_then(|()| s.db.path_count().map(|_| ()).map_err(|e| format!("{e:?}")));
+    let probe = probe.and_then(|()| {
+        s.catalog
+            .path_count()
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    });
     match probe {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
@@ -131,10 +139,13 @@ async fn version() -> Response {
 
 async fn metrics(State(s): State<Shared>) -> Response {
     let c = s.keyring.counters();
-    let text = s.metrics.render((
+    let mut text = s.metrics.render((
         c.signatures_made.load(std::sync::atomic::Ordering::Relaxed),
         c.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
     ));
+    if let Some(node) = s.catalog.node() {
+        text.push_str(&s.metrics.render_cluster(node));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -144,9 +155,14 @@ async fn by_hash(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Read)?;
+    s.auth.check(&s.catalog, &headers, Scope::Read)?;
     if let Some(hash) = file.strip_suffix(".narinfo") {
-        narinfo(&s, hash)
+        match narinfo(&s, hash) {
+            Err(ServerError::NotFound) if s.catalog.node().is_some() => {
+                confirmed_miss(&s, hash).await
+            }
+            r => r,
+        }
     } else if let Some(hash) = file.strip_suffix(".ls") {
         listing(s, hash).await
     } else {
@@ -173,12 +189,28 @@ enum Found {
     Local(PathInfo),
 }
 
+/// A cluster node's miss: this node may lag the leader (a follower, a node that just
+/// restarted), and a 404 is remembered by clients for an hour. So it waits until it has
+/// applied what the leader had committed (one round shared by concurrent misses) and
+/// looks again. Without a reachable leader (a minority partition) it answers from what
+/// it has: reads go on, and a 404 beats a 5xx that would turn the cache off.
+const MISS_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn confirmed_miss(s: &Shared, hash: &str) -> Result<Response, ServerError> {
+    let node = s.catalog.node().expect("called on cluster nodes");
+    if let Err(e) = node.read_barrier(MISS_BARRIER_TIMEOUT).await {
+        tracing::debug!(error = %e, "narinfo miss not confirmed with the leader");
+        return Err(ServerError::NotFound);
+    }
+    narinfo(s, hash)
+}
+
 /// Looks a path up by hash part, in the cache store first: 400 for a malformed hash,
 /// 404 for an unknown one. redb and SQLite point lookups take microseconds, so they run
 /// inline rather than paying for a hop to the blocking pool.
 fn find(s: &AppState, hash: &str) -> Result<Found, ServerError> {
     parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
-    if let Some(rec) = s.db.get_path(hash)? {
+    if let Some(rec) = s.catalog.get_path(hash)? {
         return Ok(Found::Cache(rec));
     }
     lookup_local(s, hash).map(Found::Local)
@@ -211,14 +243,14 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
     // No local generation (changes cannot be watched): nothing is cached.
     let local = s.store.as_ref().map(|l| l.generation());
     let generation = match local {
-        None => Some((s.db.generation(), 0)),
-        Some(Some(g)) => Some((s.db.generation(), g)),
+        None => Some((s.catalog.generation(), 0)),
+        Some(Some(g)) => Some((s.catalog.generation(), g)),
         Some(None) => None,
     };
     if let Some(body) = generation.and_then(|g| s.narinfos.get(hash, g)) {
         return Ok(narinfo_response(body));
     }
-    let body = match s.db.get_path(hash)? {
+    let body = match s.catalog.get_path(hash)? {
         Some(rec) => render_cache_narinfo(s, rec)?,
         None => {
             let info = match &s.store {
@@ -277,9 +309,10 @@ fn render_local_narinfo(s: &AppState, info: &PathInfo) -> String {
 /// stored bytes with no recompression.
 /// The narinfo of an uploaded path, naming its blob as stored, signed.
 fn render_cache_narinfo(s: &AppState, rec: PathRecord) -> Result<String, ServerError> {
-    let blob =
-        s.db.get_blob(&rec.url_file_hash)?
-            .ok_or(ServerError::NotFound)?;
+    let blob = s
+        .catalog
+        .get_blob(&rec.url_file_hash)?
+        .ok_or(ServerError::NotFound)?;
     let mut ni = NarInfo {
         store_dir: nix_formats::StoreDir::new(&s.config.store_dir)
             .expect("store dir validated by Config::resolve"),
@@ -335,9 +368,11 @@ async fn listing(s: Shared, hash: &str) -> Result<Response, ServerError> {
 
 /// The listing of an uploaded path, read from its stored blob.
 async fn cache_listing(s: Shared, rec: PathRecord) -> Result<Response, ServerError> {
-    let blob =
-        s.db.get_blob(&rec.url_file_hash)?
-            .ok_or(ServerError::NotFound)?;
+    let blob = s
+        .catalog
+        .get_blob(&rec.url_file_hash)?
+        .ok_or(ServerError::NotFound)?;
+    crate::replication::ensure_local(&s, &blob.file_hash).await?;
     let (file, _) = s
         .blobs
         .open_blob(&blob.file_hash)
@@ -493,7 +528,7 @@ async fn nar(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Read)?;
+    s.auth.check(&s.catalog, &headers, Scope::Read)?;
     // An uploaded blob: nar/<filehash>.nar[.ext], no query.
     if query.is_none() {
         if let Some((file_hash, compression)) = upload::parse_blob_file(&file) {
@@ -628,7 +663,12 @@ async fn cache_nar(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ServerError> {
-    let blob = s.db.get_blob(file_hash)?.ok_or(ServerError::NotFound)?;
+    let blob = s
+        .catalog
+        .get_blob(file_hash)?
+        .ok_or(ServerError::NotFound)?;
+    // A cluster node without a copy fetches and verifies one before answering.
+    crate::replication::ensure_local(s, file_hash).await?;
     let Some((file, len)) = s.blobs.open_blob(file_hash).map_err(|e| {
         tracing::error!(error = %e, "opening a recorded blob");
         ServerError::NotFound
@@ -708,7 +748,7 @@ async fn build_log(
     Path(drv): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Read)?;
+    s.auth.check(&s.catalog, &headers, Scope::Read)?;
     let path = StorePath::from_base_name(&drv).map_err(|_| ServerError::BadHash)?;
     if !path.name().ends_with(".drv") {
         return Err(ServerError::NotFound);

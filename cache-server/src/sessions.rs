@@ -324,7 +324,7 @@ fn reject(msg: impl Into<String>) -> ServerError {
 
 /// Whether the cache can serve this path: its own store or the local Nix store.
 fn present(s: &AppState, hash_part: &str) -> Result<bool, ServerError> {
-    if s.db.has_path(hash_part)? {
+    if s.catalog.has_path(hash_part)? {
         return Ok(true);
     }
     Ok(match &s.store {
@@ -349,7 +349,7 @@ pub async fn create(
     headers: HeaderMap,
     Json(req): Json<CreateRequest>,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     let dir = &s.sessions.store_dir;
     let path = |p: &str, what: &str| {
         dir.parse_path(p).map_err(|e| {
@@ -499,7 +499,7 @@ pub async fn put_part(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     let at = q
         .nar_offset
         .ok_or(ServerError::BadRequest("a part needs ?nar_offset=N"))?;
@@ -549,8 +549,12 @@ pub async fn put_part(
             .into_response())
         }
         Ok(PartOutcome::Complete(ingested)) => {
+            // The blob is in place; the session is over whatever the commit says (a
+            // retry starts afresh and finds the blob already stored).
             drop(progress);
             s.sessions.remove(&id);
+            let (blob, path) = records(&session.decl, &ingested);
+            crate::replication::commit_blob_and_path(&s, &blob, &path).await?;
             tracing::info!(
                 path = %s.sessions.store_dir.display(&session.decl.store_path),
                 nar_size = ingested.nar_size,
@@ -630,7 +634,6 @@ fn receive_part(
             .adopt(&data, d.compression, expected, max)
             .map_err(|e| PartError::Drop(blob_error(e)))?
     };
-    record(s, d, &ingested).map_err(PartError::Keep)?;
     Ok(PartOutcome::Complete(ingested))
 }
 
@@ -643,8 +646,8 @@ fn space_or_io(e: io::Error) -> ServerError {
     }
 }
 
-/// Commits the blob and the path in one transaction.
-fn record(s: &AppState, d: &Declared, ingested: &Ingested) -> Result<(), ServerError> {
+/// The records of a finished upload.
+fn records(d: &Declared, ingested: &Ingested) -> (BlobRecord, PathRecord) {
     let at = now();
     let blob = BlobRecord {
         file_hash: ingested.file_hash.clone(),
@@ -666,8 +669,7 @@ fn record(s: &AppState, d: &Declared, ingested: &Ingested) -> Result<(), ServerE
         ca: d.ca.clone(),
         registered: at,
     };
-    s.db.put_blob_and_path(&blob, &path)?;
-    Ok(())
+    (blob, path)
 }
 
 /// Appends one part to `data` and returns the new progress; on any failure `data` is
@@ -813,7 +815,7 @@ pub async fn look(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     let Some(session) = s.sessions.get(&id) else {
         return Ok(unknown_session());
     };
@@ -834,7 +836,7 @@ pub async fn abort(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     let Some(session) = s.sessions.get(&id) else {
         return Ok(unknown_session());
     };

@@ -20,7 +20,8 @@ pub struct AppState {
     pub store: Option<store::LocalStore>,
     /// Cairn's own cache store: blobs on disk, records in redb.
     pub blobs: store::blobs::BlobStore,
-    pub db: store::meta::CacheDb,
+    /// Path, blob and token records: the cache database, or a cluster node's state.
+    pub catalog: crate::catalog::Catalog,
     pub auth: Auth,
     /// Keys whose signatures on uploaded narinfos are kept.
     pub trusted: signer::TrustedKeys,
@@ -73,9 +74,19 @@ pub enum StartError {
 }
 
 impl AppState {
-    /// Opens the stores, the variant cache and the token files. `keyring` is built by
-    /// the caller, which knows whether to generate a default key.
+    /// Opens the stores, the variant cache and the token files of a standalone cache.
+    /// `keyring` is built by the caller, which knows whether to generate a default key.
     pub fn new(config: Config, keyring: signer::Signer) -> Result<Arc<Self>, StartError> {
+        Self::with_node(config, keyring, None)
+    }
+
+    /// [`AppState::new`] for a cluster node when `node` is given: its records come from
+    /// the node's replicated state instead of `cache.redb`.
+    pub fn with_node(
+        config: Config,
+        keyring: signer::Signer,
+        node: Option<Arc<cluster::Node>>,
+    ) -> Result<Arc<Self>, StartError> {
         let local = store::LocalStoreConfig {
             store_dir: nix_formats::StoreDir::new(&config.store_dir)
                 .expect("store dir validated by Config::resolve"),
@@ -101,11 +112,18 @@ impl AppState {
                     source,
                 }
             })?;
-        let db_path = config.data_dir.join("cache.redb");
-        let db = store::meta::CacheDb::open(&db_path).map_err(|source| StartError::Meta {
-            path: db_path.display().to_string(),
-            source,
-        })?;
+        let catalog = match node {
+            Some(node) => crate::catalog::Catalog::Cluster(node),
+            None => {
+                let db_path = config.data_dir.join("cache.redb");
+                let db =
+                    store::meta::CacheDb::open(&db_path).map_err(|source| StartError::Meta {
+                        path: db_path.display().to_string(),
+                        source,
+                    })?;
+                crate::catalog::Catalog::Local(db)
+            }
+        };
         let vdir = config.data_dir.join("variants");
         let variants = VariantCache::open(
             &vdir,
@@ -152,7 +170,7 @@ impl AppState {
             config,
             store,
             blobs,
-            db,
+            catalog,
             auth,
             trusted,
             keyring,
@@ -171,3 +189,6 @@ impl AppState {
         &self.config.data_dir
     }
 }
+
+/// The state as handlers hold it.
+pub type Shared = Arc<AppState>;

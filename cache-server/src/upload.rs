@@ -114,7 +114,7 @@ pub(crate) fn content_encoding(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -139,7 +139,7 @@ pub fn parse_blob_file(file: &str) -> Option<(Hash, Compression)> {
     Some((hash, compression))
 }
 
-pub(crate) fn blob_error(e: BlobError) -> ServerError {
+pub fn blob_error(e: BlobError) -> ServerError {
     match e {
         BlobError::InsufficientStorage { .. } => ServerError::InsufficientStorage,
         BlobError::TooLarge { max } => ServerError::TooLarge(max),
@@ -168,7 +168,7 @@ pub async fn put_nar(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     let (file_hash, compression) = parse_blob_file(&file).ok_or(ServerError::BadRequest(
         "NAR uploads go to nar/<filehash>.nar[.xz|.zst|.bz2]",
     ))?;
@@ -180,7 +180,7 @@ pub async fn put_nar(
         }
         s.blobs.check_space(len).map_err(blob_error)?;
     }
-    if s.blobs.contains(&file_hash) && s.db.get_blob(&file_hash)?.is_some() {
+    if s.blobs.contains(&file_hash) && s.catalog.get_blob(&file_hash)?.is_some() {
         // Already durable and verified: drain nothing, answer at once.
         return Ok(StatusCode::OK.into_response());
     }
@@ -195,14 +195,18 @@ pub async fn put_nar(
             .map_err(blob_error)
     })
     .await?;
-    s.db.put_blob(&BlobRecord {
-        file_hash: ingested.file_hash.clone(),
-        file_size: ingested.file_size,
-        compression: ingested.compression,
-        nar_hash: ingested.nar_hash.clone(),
-        nar_size: ingested.nar_size,
-        created: now(),
-    })?;
+    crate::replication::commit_blob(
+        &s,
+        &BlobRecord {
+            file_hash: ingested.file_hash.clone(),
+            file_size: ingested.file_size,
+            compression: ingested.compression,
+            nar_hash: ingested.nar_hash.clone(),
+            nar_size: ingested.nar_size,
+            created: now(),
+        },
+    )
+    .await?;
     tracing::info!(
         file_hash = %ingested.file_hash,
         nar_size = ingested.nar_size,
@@ -219,7 +223,7 @@ pub async fn put_narinfo(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
-    s.auth.check(&s.db, &headers, Scope::Push)?;
+    s.auth.check(&s.catalog, &headers, Scope::Push)?;
     parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
     if content_length(&headers).is_some_and(|l| l > MAX_NARINFO_BYTES as u64) {
         return Err(ServerError::TooLarge(MAX_NARINFO_BYTES as u64));
@@ -240,7 +244,7 @@ pub async fn put_narinfo(
         String::from_utf8(out).map_err(|_| ServerError::Rejected("narinfo is not UTF-8".into()))?
     };
     let record = verify_narinfo(&s, hash, &text)?;
-    s.db.put_path(&record)?;
+    crate::replication::commit_path(&s, &record).await?;
     tracing::info!(path = %record.store_path, "registered path");
     Ok(StatusCode::OK.into_response())
 }
@@ -276,10 +280,13 @@ fn verify_narinfo(s: &AppState, hash: &str, text: &str) -> Result<PathRecord, Se
     if ni.compression != compression.name() {
         return Err(reject("Compression does not match the URL's extension"));
     }
-    let blob =
-        s.db.get_blob(&file_hash)?
-            .filter(|_| s.blobs.contains(&file_hash))
-            .ok_or_else(|| reject("the NAR this narinfo names has not been uploaded"))?;
+    let blob = s
+        .catalog
+        .get_blob(&file_hash)?
+        // A cluster node checks the registered holders instead: the NAR may
+        // have gone up through another node.
+        .filter(|_| s.catalog.node().is_some() || s.blobs.contains(&file_hash))
+        .ok_or_else(|| reject("the NAR this narinfo names has not been uploaded"))?;
     if ni.file_hash.as_ref().is_some_and(|h| *h != blob.file_hash)
         || ni.file_size.is_some_and(|n| n != blob.file_size)
     {
@@ -296,7 +303,7 @@ fn verify_narinfo(s: &AppState, hash: &str, text: &str) -> Result<PathRecord, Se
         let mut first = None;
         for r in ni.references.iter().filter(|r| **r != ni.store_path) {
             let h = r.hash_part();
-            let known = s.db.has_path(&h)?
+            let known = s.catalog.has_path(&h)?
                 || match &s.store {
                     Some(local) => local.query_by_hash_part(&h)?.is_some(),
                     None => false,

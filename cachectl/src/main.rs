@@ -5,6 +5,7 @@
 
 mod client;
 mod closure;
+mod cluster;
 mod drv;
 mod files;
 mod hook;
@@ -47,6 +48,7 @@ enum Command {
     Hook(hook::Args),
     Uploader(uploader::Args),
     Status(status::Args),
+    Cluster(cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         }
         Command::Uploader(args) => uploader::run(args),
         Command::Status(args) => return status::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

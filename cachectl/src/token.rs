@@ -68,22 +68,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(run_async(args))
 }
 
+/// Sends an admin API request with `token`; the body of a 2xx answer, else an error
+/// with the server's one-line reason.
+pub async fn admin_send(
+    rb: reqwest::RequestBuilder,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let resp = rb
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{base} answered {status}: {}", text.trim());
+    }
+    Ok(text)
+}
+
 async fn run_async(args: Args) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_string();
     let client = reqwest::Client::new();
-    let send = |rb: reqwest::RequestBuilder| async {
-        let resp = rb
-            .bearer_auth(&args.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {base}"))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("{base} answered {status}: {}", text.trim());
-        }
-        Ok::<_, anyhow::Error>(text)
-    };
+    let send = |rb: reqwest::RequestBuilder| admin_send(rb, &base, &args.token);
     match args.action {
         Action::Create {
             name,

@@ -15,6 +15,7 @@
 //! [`crate::raft`], which calls `apply_command` inside its own write transaction.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nix_formats::Hash;
@@ -384,20 +385,39 @@ pub(crate) fn for_each_record(
 
 /// The state database, swappable as a whole when a snapshot is installed. Readers take
 /// the current one and keep a consistent view for as long as they hold it.
+///
+/// `generation` moves after every committed change (an applied batch, an installed
+/// snapshot): caches of rendered narinfos key on it.
 #[derive(Clone)]
-pub(crate) struct SharedDb(Arc<RwLock<Arc<Database>>>);
+pub(crate) struct SharedDb {
+    db: Arc<RwLock<Arc<Database>>>,
+    generation: Arc<AtomicU64>,
+}
 
 impl SharedDb {
     pub(crate) fn new(db: Database) -> Self {
-        SharedDb(Arc::new(RwLock::new(Arc::new(db))))
+        SharedDb {
+            db: Arc::new(RwLock::new(Arc::new(db))),
+            generation: Arc::new(AtomicU64::new(1)),
+        }
     }
 
     pub(crate) fn current(&self) -> Arc<Database> {
-        self.0.read().clone()
+        self.db.read().clone()
     }
 
     pub(crate) fn replace(&self, db: Database) {
-        *self.0.write() = Arc::new(db);
+        *self.db.write() = Arc::new(db);
+        self.bump();
+    }
+
+    /// Called after a change is committed.
+    pub(crate) fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -522,6 +542,53 @@ impl ClusterState {
 
     pub fn blob_count(&self) -> Result<u64, RaftStoreError> {
         Ok(self.read()?.open_table(BLOBS)?.len()?)
+    }
+
+    /// A number that moves whenever the applied state changes: a value read before a
+    /// lookup names the state the lookup saw (or an older one).
+    pub fn generation(&self) -> u64 {
+        self.db.generation()
+    }
+
+    /// The number of blobs and the bytes of their files (stored size, one copy).
+    pub fn blob_stats(&self) -> Result<(u64, u64), RaftStoreError> {
+        let tx = self.read()?;
+        let mut n = 0;
+        let mut bytes = 0;
+        for entry in tx.open_table(BLOBS)?.iter()? {
+            let (_, v) = entry?;
+            let e: BlobEntry = decode("blob", v.value())?;
+            n += 1;
+            bytes += e.blob.file_size;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Every blob entry, in file hash order, from one consistent view (repair and
+    /// status walk this). `f` returns false to stop early.
+    pub fn for_each_blob(
+        &self,
+        mut f: impl FnMut(BlobEntry) -> bool,
+    ) -> Result<(), RaftStoreError> {
+        let tx = self.read()?;
+        for entry in tx.open_table(BLOBS)?.iter()? {
+            let (_, v) = entry?;
+            if !f(decode("blob", v.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every token record (revoked and expired ones included).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, RaftStoreError> {
+        let tx = self.read()?;
+        let mut out = Vec::new();
+        for entry in tx.open_table(TOKENS)?.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("token", v.value())?);
+        }
+        Ok(out)
     }
 
     /// The index of the last log entry applied to this state, if any.

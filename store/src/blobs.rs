@@ -265,6 +265,27 @@ impl BlobStore {
         ingest::ingest(self, body, compression, None, Some(expected), max_bytes)
     }
 
+    /// Ingests a copy of a blob another node verified (replication, repair): the bytes
+    /// must hash to `file_hash` and hold the NAR `expected` describes, exactly as at the
+    /// first ingest.
+    pub fn ingest_replica(
+        &self,
+        body: impl Read,
+        compression: Compression,
+        file_hash: &Hash,
+        expected: ExpectedNar<'_>,
+        max_bytes: u64,
+    ) -> Result<Ingested, BlobError> {
+        ingest::ingest(
+            self,
+            body,
+            compression,
+            Some(file_hash),
+            Some(expected),
+            max_bytes,
+        )
+    }
+
     /// Verifies a file assembled elsewhere on this disk (the parts of a resumable
     /// upload, under [`BlobStore::sessions_dir`]) exactly as an ingest would, then
     /// renames that same file into place: no second copy of the bytes. The file is

@@ -399,7 +399,7 @@ fn a_whole_that_does_not_verify_leaves_nothing() {
         Vec::<PathBuf>::new(),
         "no session files kept"
     );
-    assert_eq!(server.state.db.path_count().unwrap(), 0);
+    assert_eq!(server.state.catalog.path_count().unwrap(), 0);
 }
 
 #[test]
@@ -454,7 +454,7 @@ fn creating_checks_everything_before_a_byte_is_sent() {
         assert_eq!(look(&url, id).await.0, 404);
         assert_eq!(put_part(&url, id, 0, frame(&dep.nar)).await.0, 404);
     });
-    assert_eq!(server.state.db.path_count().unwrap(), 0);
+    assert_eq!(server.state.catalog.path_count().unwrap(), 0);
 }
 
 #[test]

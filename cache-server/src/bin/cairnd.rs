@@ -129,6 +129,46 @@ struct ServeArgs {
     /// Serve the local Nix store too. [default: when its database exists]
     #[arg(long)]
     serve_local_store: Option<bool>,
+    /// Run as node ID of a cluster ([cluster] node_id).
+    #[arg(long)]
+    cluster_node_id: Option<u64>,
+    /// The cluster listener, host:port on the cluster network ([cluster] listen).
+    #[arg(long)]
+    cluster_listen: Option<String>,
+    /// How peers reach the cluster listener. [default: --cluster-listen]
+    #[arg(long)]
+    cluster_advertise: Option<String>,
+    /// File holding the shared cluster secret ([cluster] secret_file).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// A peer as ID=HOST:PORT; repeat for each ([[cluster.peers]]).
+    #[arg(long = "cluster-peer", value_parser = parse_peer)]
+    cluster_peers: Vec<cache_server::config::PeerConfig>,
+    /// Copies of every blob the repair worker keeps. [default: 3]
+    #[arg(long)]
+    cluster_replicas: Option<usize>,
+    /// Raft heartbeat interval in ms. [default: 250]
+    #[arg(long)]
+    cluster_heartbeat_ms: Option<u64>,
+    /// Raft election timeout range in ms, MIN,MAX. [default: 1500,3000]
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    cluster_election_timeout_ms: Option<Vec<u64>>,
+    /// Raft log entries between snapshots. [default: 10000]
+    #[arg(long)]
+    cluster_snapshot_logs: Option<u64>,
+    /// Seconds between repair passes. [default: 30]
+    #[arg(long)]
+    cluster_repair_interval_secs: Option<u64>,
+}
+
+fn parse_peer(s: &str) -> Result<cache_server::config::PeerConfig, String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: a peer is ID=HOST:PORT"))?;
+    Ok(cache_server::config::PeerConfig {
+        node_id: id.parse().map_err(|_| format!("{id:?} is not a node id"))?,
+        addr: addr.to_string(),
+    })
 }
 
 impl ServeArgs {
@@ -174,6 +214,38 @@ impl ServeArgs {
         }
         if self.no_signing {
             f.no_signing = Some(true);
+        }
+        let any_cluster_flag = self.cluster_node_id.is_some()
+            || self.cluster_listen.is_some()
+            || self.cluster_advertise.is_some()
+            || self.cluster_secret_file.is_some()
+            || !self.cluster_peers.is_empty()
+            || self.cluster_replicas.is_some()
+            || self.cluster_heartbeat_ms.is_some()
+            || self.cluster_election_timeout_ms.is_some()
+            || self.cluster_snapshot_logs.is_some()
+            || self.cluster_repair_interval_secs.is_some();
+        if any_cluster_flag {
+            let c = f.cluster.get_or_insert_with(Default::default);
+            macro_rules! over_c {
+                ($($flag:ident => $field:ident),*) => { $( if self.$flag.is_some() { c.$field = self.$flag; } )* };
+            }
+            over_c!(
+                cluster_node_id => node_id,
+                cluster_listen => listen,
+                cluster_advertise => advertise,
+                cluster_secret_file => secret_file,
+                cluster_replicas => replicas,
+                cluster_heartbeat_ms => heartbeat_ms,
+                cluster_snapshot_logs => snapshot_logs,
+                cluster_repair_interval_secs => repair_interval_secs
+            );
+            if !self.cluster_peers.is_empty() {
+                c.peers = self.cluster_peers;
+            }
+            if let Some(v) = self.cluster_election_timeout_ms {
+                c.election_timeout_ms = Some([v[0], v[1]]);
+            }
         }
         f
     }
@@ -264,7 +336,33 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let rate = config.max_connection_rate;
-        let state = cache_server::AppState::new(config, keyring)?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(start_node(&config, c).await?),
+            None => None,
+        };
+        let state = cache_server::AppState::with_node(
+            config,
+            keyring,
+            cluster.as_ref().map(|(node, _)| node.clone()),
+        )?;
+        if let Some((node, listener)) = cluster {
+            let internal = cache_server::internal::router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, internal).await {
+                    tracing::error!(error = %e, "the cluster listener failed");
+                }
+            });
+            let every = Duration::from_secs(
+                state
+                    .config
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.repair_interval_secs)
+                    .unwrap_or(30),
+            );
+            tokio::spawn(cache_server::replication::repair_loop(state.clone(), every));
+            tokio::spawn(count_leader_changes(node, state.metrics.clone()));
+        }
         tracing::info!(store = %state.config.store_dir, "serving");
         // Upload sessions nobody touched for a day go with their bytes, also when no
         // new upload comes along to notice.
@@ -287,6 +385,55 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await;
         Ok(())
     })
+}
+
+/// Opens this node's Raft storage and starts Raft, and binds the cluster listener.
+async fn start_node(
+    config: &Config,
+    c: &cache_server::config::ClusterConfig,
+) -> anyhow::Result<(std::sync::Arc<cluster::Node>, tokio::net::TcpListener)> {
+    let secret = cluster::ClusterSecret::from_file(&c.secret_file)?;
+    let mut nc = cluster::NodeConfig::new(
+        c.node_id,
+        &config.data_dir.join("raft"),
+        c.advertise.clone(),
+        secret,
+    );
+    nc.heartbeat_ms = c.heartbeat_ms;
+    nc.election_timeout_ms = c.election_timeout_ms;
+    nc.snapshot_logs = c.snapshot_logs;
+    let node = cluster::Node::start(nc).await?;
+    let listener = tokio::net::TcpListener::bind(&c.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the cluster listener {}: {e}", c.listen))?;
+    match node.identity() {
+        Some(id) => {
+            tracing::info!(cluster = %id.cluster_id, node = c.node_id, listen = %c.listen, "cluster node started")
+        }
+        None => {
+            tracing::warn!(node = c.node_id, listen = %c.listen, "this node belongs to no cluster yet: run cachectl cluster init on one node, or add this one from the leader")
+        }
+    }
+    Ok((node, listener))
+}
+
+/// Counts leader changes for /metrics.
+async fn count_leader_changes(
+    node: std::sync::Arc<cluster::Node>,
+    metrics: std::sync::Arc<cache_server::metrics::Metrics>,
+) {
+    let mut last = node.leader();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = node.leader();
+        if now != last && now.is_some() {
+            metrics
+                .leader_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(leader = ?now, "leader changed");
+        }
+        last = now;
+    }
 }
 
 async fn shutdown_signal() {

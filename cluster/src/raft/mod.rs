@@ -1,4 +1,5 @@
-//! The one place that names openraft. It fixes the type configuration ([`TypeConfig`]:
+//! The storage side of openraft (with [`crate::net`] and [`crate::node`], the only code
+//! that names openraft; other crates use the aliases here). It fixes the type configuration ([`TypeConfig`]:
 //! node ids are `u64`, a node is its [`ClusterNode`] address, log entries carry a
 //! [`Command`] and yield a [`Response`]) and implements
 //! openraft's storage traits over redb:
@@ -46,10 +47,14 @@ openraft::declare_raft_types!(
 
 pub(crate) type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub(crate) type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
-pub(crate) type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub(crate) type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
-pub(crate) type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-pub(crate) type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// openraft's RPC messages, as the internal API's server side decodes them.
+pub type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
 
 pub(crate) const LAST_APPLIED_KEY: &str = "last_applied";
 pub(crate) const MEMBERSHIP_KEY: &str = "membership";

@@ -361,6 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let db = self.db.current();
             let rule = self.rule;
             let responses = blocking(move || apply_batch(&db, rule, &batch)).await?;
+            self.db.bump();
             // Answered after the commit: a client never hears of a change a crash
             // could still take back from this state machine.
             for (responder, response) in responders.into_iter().zip(responses) {

@@ -1,0 +1,413 @@
+//! The cluster's write and read paths for blobs, and the repair worker.
+//!
+//! Writing (any node): the upload is ingested here (staged, verified, fsynced, renamed);
+//! then copied to every other member at once, each of which verifies it the same way
+//! before answering; then every node that holds it is registered through Raft; then the
+//! path record. The state machine accepts the path only when its blob has the holders
+//! the rule requires, so a narinfo is never visible with fewer than two copies.
+//!
+//! Reading a blob this node lacks: fetched from a holder into the local blob store
+//! (verified like an upload), registered, then served from disk: the response head goes
+//! out only once the bytes are here and checked.
+//!
+//! Repair: every `repair_interval_secs`, each node fetches the blobs that have fewer
+//! copies than `replicas` and that it does not hold, one at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use futures_util::future::join_all;
+use nix_formats::Hash;
+use reqwest::Method;
+use store::blobs::ExpectedNar;
+use store::meta::{BlobRecord, PathRecord, TokenRecord};
+
+use cluster::command::{Command, NodeId, Rejection};
+use cluster::{Member, Node, WriteError};
+
+use crate::error::ServerError;
+use crate::state::{AppState, Shared};
+use crate::upload::with_body_reader;
+
+/// Headers of a blob copy (`PUT /internal/v1/blobs/<filehash>`).
+pub const HEADER_COMPRESSION: &str = "cairn-compression";
+pub const HEADER_NAR_HASH: &str = "cairn-nar-hash";
+pub const HEADER_NAR_SIZE: &str = "cairn-nar-size";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unavailable(e: WriteError) -> ServerError {
+    match e {
+        WriteError::Refused(m) => ServerError::Conflict(m),
+        other => ServerError::Unavailable(other.to_string()),
+    }
+}
+
+fn rejected(r: Rejection) -> ServerError {
+    match r {
+        Rejection::TooFewHolders { .. } => ServerError::Unavailable(r.to_string()),
+        other => ServerError::Rejected(other.to_string()),
+    }
+}
+
+/// Makes a freshly ingested blob durable in the catalog: recorded (standalone), or
+/// copied to the peers and registered with its holders (cluster). On a cluster, fails
+/// with 503 when fewer nodes than a path needs hold a verified copy.
+pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError> {
+    let node = match s.catalog.node() {
+        None => {
+            let st = s.clone();
+            let rec = rec.clone();
+            return tokio::task::spawn_blocking(move || {
+                match &st.catalog {
+                    crate::catalog::Catalog::Local(db) => db.put_blob(&rec)?,
+                    crate::catalog::Catalog::Cluster(_) => unreachable!(),
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Some(n) => n.clone(),
+    };
+    let me = node.id();
+    let already: Vec<NodeId> = node.state().holders(&rec.file_hash)?;
+    let peers: Vec<Member> = node
+        .members()
+        .into_iter()
+        .filter(|m| m.node_id != me && !already.contains(&m.node_id))
+        .collect();
+    let copies = join_all(peers.iter().map(|m| copy_to(s, &node, m, rec))).await;
+    let mut holders = vec![me];
+    for (m, r) in peers.iter().zip(copies) {
+        match r {
+            Ok(()) => holders.push(m.node_id),
+            Err(e) => {
+                tracing::warn!(node = m.node_id, file_hash = %rec.file_hash, error = %e, "blob copy failed; repair will retry")
+            }
+        }
+    }
+    let at = now();
+    let registered = join_all(holders.iter().filter(|h| !already.contains(h)).map(|&h| {
+        let node = node.clone();
+        let cmd = Command::RegisterHolder {
+            blob: rec.clone(),
+            node: h,
+            at,
+        };
+        async move { node.write(cmd).await }
+    }))
+    .await;
+    for r in registered {
+        r.map_err(unavailable)?.map_err(rejected)?;
+    }
+    let total = node.state().holders(&rec.file_hash)?.len();
+    let required = node.required_holders();
+    if total < required {
+        return Err(ServerError::Unavailable(format!(
+            "only {total} node(s) hold a verified copy; {required} required"
+        )));
+    }
+    s.metrics.blob_copies.fetch_add(
+        holders.len() as u64 - 1,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Ok(())
+}
+
+/// Records a verified path: in the cache database, or through Raft.
+pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError> {
+    match s.catalog.node() {
+        None => {
+            let st = s.clone();
+            let rec = rec.clone();
+            tokio::task::spawn_blocking(move || {
+                if let crate::catalog::Catalog::Local(db) = &st.catalog {
+                    db.put_path(&rec)?;
+                }
+                Ok(())
+            })
+            .await?
+        }
+        Some(node) => {
+            let started = std::time::Instant::now();
+            let r = node
+                .write(Command::PutPath { path: rec.clone() })
+                .await
+                .map_err(unavailable)?;
+            s.metrics.observe_commit(started.elapsed());
+            r.map(|_| ()).map_err(rejected)
+        }
+    }
+}
+
+/// Records a blob and its path together (the batch API's last step).
+pub async fn commit_blob_and_path(
+    s: &Shared,
+    blob: &BlobRecord,
+    path: &PathRecord,
+) -> Result<(), ServerError> {
+    match s.catalog.node() {
+        None => {
+            let st = s.clone();
+            let (blob, path) = (blob.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                if let crate::catalog::Catalog::Local(db) = &st.catalog {
+                    db.put_blob_and_path(&blob, &path)?;
+                }
+                Ok(())
+            })
+            .await?
+        }
+        Some(_) => {
+            commit_blob(s, blob).await?;
+            commit_path(s, path).await
+        }
+    }
+}
+
+/// Stores a token (standalone: the database; cluster: through Raft).
+pub async fn put_token(s: &Shared, rec: TokenRecord) -> Result<(), ServerError> {
+    match s.catalog.node() {
+        None => {
+            let st = s.clone();
+            tokio::task::spawn_blocking(move || {
+                if let crate::catalog::Catalog::Local(db) = &st.catalog {
+                    db.put_token(&rec)?;
+                }
+                Ok(())
+            })
+            .await?
+        }
+        Some(node) => node
+            .write(Command::PutToken { token: rec })
+            .await
+            .map_err(unavailable)?
+            .map(|_| ())
+            .map_err(rejected),
+    }
+}
+
+/// Revokes a token; false when no token has that id.
+pub async fn revoke_token(s: &Shared, id: String) -> Result<bool, ServerError> {
+    match s.catalog.node() {
+        None => {
+            let st = s.clone();
+            tokio::task::spawn_blocking(move || match &st.catalog {
+                crate::catalog::Catalog::Local(db) => Ok(db.revoke_token(&id)?),
+                crate::catalog::Catalog::Cluster(_) => Ok(false),
+            })
+            .await?
+        }
+        Some(node) => {
+            match node
+                .write(Command::RevokeToken { id })
+                .await
+                .map_err(unavailable)?
+            {
+                Ok(cluster::Applied::TokenRevoked { found }) => Ok(found),
+                Ok(_) => Ok(false),
+                Err(r) => Err(rejected(r)),
+            }
+        }
+    }
+}
+
+/// Sends this node's copy of `rec` to member `m`, which verifies it before answering.
+async fn copy_to(s: &AppState, node: &Node, m: &Member, rec: &BlobRecord) -> Result<(), String> {
+    let Some((file, len)) = s
+        .blobs
+        .open_blob(&rec.file_hash)
+        .map_err(|e| e.to_string())?
+    else {
+        return Err("the blob is not on this node's disk".into());
+    };
+    let file = tokio::fs::File::from_std(file);
+    let body =
+        reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
+    let rb = node
+        .wire()
+        .bulk_request(
+            Method::PUT,
+            &m.addr,
+            &format!("/blobs/{}", rec.file_hash.to_nix32()),
+            m.node_id,
+        )
+        .header(HEADER_COMPRESSION, rec.compression.name())
+        .header(HEADER_NAR_HASH, rec.nar_hash.to_string())
+        .header(HEADER_NAR_SIZE, rec.nar_size.to_string())
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(body);
+    cluster::net::send_json::<serde_json::Value>(rb, m.node_id, &m.addr)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Makes sure this node has a verified copy of the blob `file_hash` on disk, fetching it
+/// from a holder when it has none. Errors mean no holder could deliver it.
+pub async fn ensure_local(s: &Shared, file_hash: &Hash) -> Result<(), ServerError> {
+    if s.blobs.contains(file_hash) {
+        return Ok(());
+    }
+    let Some(node) = s.catalog.node().cloned() else {
+        // Standalone: the caller reports a recorded blob missing from disk.
+        return Ok(());
+    };
+    let entry = node.state().blob(file_hash)?.ok_or(ServerError::NotFound)?;
+    let me = node.id();
+    for (&holder, _) in entry.holders.iter().filter(|(h, _)| **h != me) {
+        let Some(addr) = node.addr_of(holder) else {
+            continue;
+        };
+        match fetch_from(s, &node, holder, &addr, &entry.blob).await {
+            Ok(()) => {
+                // Registering is bookkeeping; the copy is already usable here.
+                let node = node.clone();
+                let blob = entry.blob.clone();
+                tokio::spawn(async move {
+                    let cmd = Command::RegisterHolder {
+                        blob,
+                        node: node.id(),
+                        at: now(),
+                    };
+                    if let Err(e) = node.write(cmd).await {
+                        tracing::warn!(error = %e, "registering a fetched copy failed; repair will retry");
+                    }
+                });
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(holder, file_hash = %file_hash, error = %e, "fetching a blob from a holder failed")
+            }
+        }
+    }
+    Err(ServerError::NotFound)
+}
+
+/// Streams the blob from `holder` into this node's blob store, verified.
+async fn fetch_from(
+    s: &Shared,
+    node: &Node,
+    holder: NodeId,
+    addr: &str,
+    blob: &BlobRecord,
+) -> Result<(), String> {
+    let resp = node
+        .wire()
+        .bulk_request(
+            Method::GET,
+            addr,
+            &format!("/blobs/{}", blob.file_hash.to_nix32()),
+            holder,
+        )
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("answered {}", resp.status()));
+    }
+    let st = s.clone();
+    let blob = blob.clone();
+    let body = Body::from_stream(resp.bytes_stream());
+    with_body_reader(body, move |reader| {
+        st.blobs
+            .ingest_replica(
+                reader,
+                blob.compression,
+                &blob.file_hash,
+                ExpectedNar {
+                    nar_hash: &blob.nar_hash,
+                    nar_size: blob.nar_size,
+                },
+                blob.file_size,
+            )
+            .map(|_| ())
+            .map_err(|e| ServerError::Rejected(e.to_string()))
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// The repair worker: see the module docs.
+pub async fn repair_loop(s: Shared, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = repair_pass(&s).await {
+            tracing::warn!(error = %e, "repair pass failed");
+        }
+    }
+}
+
+/// One pass: fetch every under-replicated blob this node lacks. Returns how many it
+/// fetched.
+pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
+    let Some(node) = s.catalog.node().cloned() else {
+        return Ok(0);
+    };
+    let me = node.id();
+    let members = node.members();
+    if !members.iter().any(|m| m.node_id == me) {
+        return Ok(0);
+    }
+    let target = s
+        .config
+        .cluster
+        .as_ref()
+        .map(|c| c.replicas)
+        .unwrap_or(3)
+        .min(members.len());
+    let st = node.state().clone();
+    let wanted = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        st.for_each_blob(|e| {
+            if e.holders.len() < target && !e.holders.contains_key(&me) && !e.holders.is_empty() {
+                out.push(e.blob.file_hash);
+            }
+            true
+        })
+        .map(|()| out)
+    })
+    .await??;
+    s.metrics
+        .repair_backlog
+        .store(wanted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut fetched = 0;
+    for h in wanted {
+        if s.blobs.contains(&h) {
+            // On disk but not registered (a crash between the two): register it.
+            if let Some(entry) = node.state().blob(&h)? {
+                let cmd = Command::RegisterHolder {
+                    blob: entry.blob,
+                    node: me,
+                    at: now(),
+                };
+                node.write(cmd)
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(rejected)?;
+            }
+        } else {
+            ensure_local(s, &h).await?;
+        }
+        fetched += 1;
+        s.metrics
+            .repair_backlog
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(fetched)
+}
+
+/// Whether a node is part of this catalog's cluster (for handlers that need one).
+pub fn node_of(s: &AppState) -> Result<&Arc<Node>, ServerError> {
+    s.catalog
+        .node()
+        .ok_or(ServerError::BadRequest("this cache is not a cluster node"))
+}
