@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use futures_util::future::join_all;
 use nix_formats::Hash;
 use reqwest::Method;
 use store::blobs::ExpectedNar;
@@ -77,46 +76,77 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
     };
     let me = node.id();
     let already: Vec<NodeId> = node.state().holders(&rec.file_hash)?;
+    let required = node.required_holders();
     let peers: Vec<Member> = node
         .members()
         .into_iter()
         .filter(|m| m.node_id != me && !already.contains(&m.node_id))
         .collect();
-    let copies = join_all(peers.iter().map(|m| copy_to(s, &node, m, rec))).await;
-    let mut holders = vec![me];
-    for (m, r) in peers.iter().zip(copies) {
-        match r {
-            Ok(()) => holders.push(m.node_id),
-            Err(e) => {
-                tracing::warn!(node = m.node_id, file_hash = %rec.file_hash, error = %e, "blob copy failed; repair will retry")
-            }
-        }
-    }
+    // Every holder (this node, and each peer once its copy verified) is registered by
+    // a task of its own. The upload is answered as soon as enough holders are
+    // registered; slower copies finish and register in the background, and a peer
+    // that is down or cut off is left to repair.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<NodeId, String>>(peers.len() + 1);
     let at = now();
-    let registered = join_all(holders.iter().filter(|h| !already.contains(h)).map(|&h| {
+    let register = |holder: NodeId| {
         let node = node.clone();
         let cmd = Command::RegisterHolder {
             blob: rec.clone(),
-            node: h,
+            node: holder,
             at,
         };
-        async move { node.write(cmd).await }
-    }))
-    .await;
-    for r in registered {
-        r.map_err(unavailable)?.map_err(rejected)?;
+        async move {
+            match node.write(cmd).await {
+                Ok(Ok(_)) => Ok(holder),
+                Ok(Err(r)) => Err(r.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    if !already.contains(&me) {
+        let (tx, reg) = (tx.clone(), register(me));
+        tokio::spawn(async move {
+            let _ = tx.send(reg.await).await;
+        });
     }
-    let total = node.state().holders(&rec.file_hash)?.len();
-    let required = node.required_holders();
-    if total < required {
-        return Err(ServerError::Unavailable(format!(
-            "only {total} node(s) hold a verified copy; {required} required"
-        )));
+    for m in peers {
+        let (tx, s2, node2, rec2, reg) = (
+            tx.clone(),
+            s.clone(),
+            node.clone(),
+            rec.clone(),
+            register(m.node_id),
+        );
+        tokio::spawn(async move {
+            let r = match copy_to(&s2, &node2, &m, &rec2).await {
+                Ok(()) => {
+                    s2.metrics
+                        .blob_copies
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    reg.await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &r {
+                tracing::warn!(node = m.node_id, file_hash = %rec2.file_hash, error = %e, "blob copy or registration failed; repair will retry");
+            }
+            let _ = tx.send(r).await;
+        });
     }
-    s.metrics.blob_copies.fetch_add(
-        holders.len() as u64 - 1,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    drop(tx);
+    let mut holders = already.len();
+    let mut last_err = String::new();
+    while holders < required {
+        match rx.recv().await {
+            Some(Ok(_)) => holders += 1,
+            Some(Err(e)) => last_err = e,
+            None => {
+                return Err(ServerError::Unavailable(format!(
+                    "only {holders} node(s) hold a registered, verified copy; {required} required ({last_err})"
+                )))
+            }
+        }
+    }
     Ok(())
 }
 
@@ -218,6 +248,12 @@ pub async fn revoke_token(s: &Shared, id: String) -> Result<bool, ServerError> {
     }
 }
 
+/// How long a blob transfer between nodes may take: 10 s plus 10 MB/s. A peer slower
+/// than that (paused, cut off behind a kept-alive connection) is given up on.
+pub fn transfer_timeout(bytes: u64) -> Duration {
+    Duration::from_secs(10) + Duration::from_millis(bytes / 10_000)
+}
+
 /// Sends this node's copy of `rec` to member `m`, which verifies it before answering.
 async fn copy_to(s: &AppState, node: &Node, m: &Member, rec: &BlobRecord) -> Result<(), String> {
     let Some((file, len)) = s
@@ -242,6 +278,7 @@ async fn copy_to(s: &AppState, node: &Node, m: &Member, rec: &BlobRecord) -> Res
         .header(HEADER_NAR_HASH, rec.nar_hash.to_string())
         .header(HEADER_NAR_SIZE, rec.nar_size.to_string())
         .header(reqwest::header::CONTENT_LENGTH, len)
+        .timeout(transfer_timeout(len))
         .body(body);
     cluster::net::send_json::<serde_json::Value>(rb, m.node_id, &m.addr)
         .await
@@ -306,6 +343,7 @@ async fn fetch_from(
             &format!("/blobs/{}", blob.file_hash.to_nix32()),
             holder,
         )
+        .timeout(transfer_timeout(blob.file_size))
         .send()
         .await
         .map_err(|e| e.to_string())?;

@@ -97,6 +97,20 @@ fn judge(s: &Status) -> (Health, Vec<String>) {
     if s.leader.is_none() {
         worse(Health::Unavailable, "no leader: writes are refused".into());
     }
+    let reachable_voters = s
+        .voters
+        .iter()
+        .filter(|v| s.nodes.iter().any(|n| n.id == **v && n.reachable))
+        .count();
+    if s.leader.is_some() && reachable_voters * 2 <= s.voters.len() {
+        worse(
+            Health::Unavailable,
+            format!(
+                "only {reachable_voters} of {} voters reachable: no quorum, writes are refused",
+                s.voters.len()
+            ),
+        );
+    }
     for n in &s.nodes {
         if !n.reachable {
             worse(Health::Degraded, format!("node {} is unreachable", n.id));

@@ -335,6 +335,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         })
         .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         head.push(b'\n');
+        let size = snapshot
+            .snapshot
+            .len()
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let file = snapshot
             .snapshot
             .into_file()
@@ -346,6 +350,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let rb = self
             .wire
             .bulk_request(Method::POST, &self.addr, "/raft/snapshot", self.target)
+            // 10 s plus 10 MB/s: a stalled peer is given up on and tried again.
+            .timeout(Duration::from_secs(10) + Duration::from_millis(size / 10_000))
             .body(reqwest::Body::wrap_stream(body));
         let target = self.target;
         let addr = self.addr.clone();

@@ -477,7 +477,8 @@ impl Node {
                 })?;
                 let rb = self
                     .wire
-                    .raft_request(Method::POST, &addr, "/raft/read-index", leader);
+                    .raft_request(Method::POST, &addr, "/raft/read-index", leader)
+                    .timeout(Duration::from_secs(5));
                 let r: ReadIndex = send_json(rb, leader, &addr)
                     .await
                     .map_err(|e| WriteError::Unavailable(e.to_string()))?;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cluster;
+
 use cache_server::config::{Config, FileConfig};
 use cache_server::{AppState, Listener};
 use tempfile::TempDir;

@@ -1,0 +1,693 @@
+//! Real clusters for the cluster tests: every node a `cairnd` process of this build.
+//!
+//! As root (CI), each node runs in a network namespace of its own (`ip netns`), joined
+//! to a bridge in the test's namespace by a veth pair: node `i` is `10.X.Y.i`, ports
+//! 5000 (public) and 5001 (cluster), and the test reaches every node through the
+//! bridge (`10.X.Y.254`). Partitions are nftables rules inside the nodes' namespaces,
+//! so the test itself always sees every node. Without root, nodes share loopback with
+//! ports of their own, and the partition tests cannot run (they say so).
+//!
+//! Nodes log to `<dir>/node-<i>.log`; a failing test prints their tails.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::TestKey;
+
+pub const ADMIN: &str = "cairn_cluster_admin_token_0123456789abcdef";
+pub const PUSH: &str = "cairn_cluster_push_token_0123456789abcdef";
+const SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
+
+/// How to run the cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: u64,
+    /// Raft entries between snapshots.
+    pub snapshot_logs: u64,
+    pub repair_interval_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            snapshot_logs: 10_000,
+            repair_interval_secs: 1,
+        }
+    }
+}
+
+/// One node's process and files.
+pub struct NodeProc {
+    pub id: u64,
+    pub public: String,
+    pub cluster: String,
+    pub data: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    ns: Option<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.public)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+struct Netns {
+    bridge: String,
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+/// A running cluster; every process and namespace goes when it is dropped.
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub key: TestKey,
+    pub nodes: Vec<NodeProc>,
+    net: Option<Netns>,
+    opts: Options,
+}
+
+fn sh(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn must(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `cairnd` binary of this build, beside `cachectl`.
+pub fn cairnd_bin() -> PathBuf {
+    let bin = crate::cachectl_bin().with_file_name("cairnd");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p cache-server`",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether nodes can get network namespaces of their own (root with `ip` and `nft`).
+pub fn have_netns() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        root && sh("ip", &["netns", "list"]) && sh("nft", &["--version"])
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestCluster {
+    /// Starts `opts.nodes` nodes and forms the cluster with `cachectl cluster init` on
+    /// node 1; returns once every node knows the leader.
+    pub fn start(opts: Options) -> Self {
+        let c = Self::spawn(opts);
+        c.init();
+        c
+    }
+
+    /// Starts the processes without forming a cluster.
+    pub fn spawn(opts: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = TestKey::new("cairn-cluster-1");
+        let secret = dir.path().join("cluster-secret");
+        write_private(&secret, SECRET);
+        let tokens_dir = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens_dir).unwrap();
+        let admin = crate::token_file(&tokens_dir, "admin", ADMIN, &["admin"]);
+        let push = crate::token_file(&tokens_dir, "ci", PUSH, &["push"]);
+        let net = have_netns().then(|| Netns::create(opts.nodes));
+        let mut nodes = Vec::new();
+        for id in 1..=opts.nodes {
+            let (public, cluster, ns) = match &net {
+                Some(n) => {
+                    let ip = format!("{}.{id}", n.prefix);
+                    (
+                        format!("{ip}:5000"),
+                        format!("{ip}:5001"),
+                        Some(n.namespaces[id as usize - 1].clone()),
+                    )
+                }
+                None => (
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                    None,
+                ),
+            };
+            nodes.push(NodeProc {
+                id,
+                public,
+                cluster,
+                data: dir.path().join(format!("node-{id}")),
+                config: dir.path().join(format!("node-{id}.toml")),
+                log: dir.path().join(format!("node-{id}.log")),
+                ns,
+                child: None,
+            });
+        }
+        for n in &nodes {
+            let mut peers = String::new();
+            for p in nodes.iter().filter(|p| p.id != n.id) {
+                peers.push_str(&format!(
+                    "[[cluster.peers]]\nnode_id = {}\naddr = \"{}\"\n",
+                    p.id, p.cluster
+                ));
+            }
+            let text = format!(
+                r#"bind = "{public}"
+data_dir = "{data}"
+serve_local_store = false
+sign_key_paths = ["{key}"]
+workers = 2
+
+[[tokens]]
+name = "admin"
+secret_file = "{admin}"
+scopes = ["admin"]
+
+[[tokens]]
+name = "ci"
+secret_file = "{push}"
+scopes = ["push"]
+
+[cluster]
+node_id = {id}
+listen = "{cluster}"
+secret_file = "{secret}"
+heartbeat_ms = 100
+election_timeout_ms = [600, 1200]
+snapshot_logs = {snap}
+repair_interval_secs = {repair}
+
+{peers}"#,
+                public = n.public,
+                data = n.data.display(),
+                key = key.secret_file.display(),
+                admin = admin.secret_file.display(),
+                push = push.secret_file.display(),
+                id = n.id,
+                cluster = n.cluster,
+                secret = secret.display(),
+                snap = opts.snapshot_logs,
+                repair = opts.repair_interval_secs,
+            );
+            std::fs::write(&n.config, text).unwrap();
+        }
+        let mut c = TestCluster {
+            dir,
+            key,
+            nodes,
+            net,
+            opts,
+        };
+        for id in 1..=c.opts.nodes {
+            c.launch(id);
+        }
+        for id in 1..=c.opts.nodes {
+            c.wait_healthy(id);
+        }
+        c
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[id as usize - 1]
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.node(id).url()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.opts.nodes).collect()
+    }
+
+    /// Whether partitions can be made (nodes in namespaces).
+    pub fn can_partition(&self) -> bool {
+        self.net.is_some()
+    }
+
+    fn launch(&mut self, id: u64) {
+        let bin = cairnd_bin();
+        let n = &mut self.nodes[id as usize - 1];
+        assert!(n.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let mut cmd = match &n.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("--config")
+            .arg(&n.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env_remove("CONFIG_FILE")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null());
+        n.child = Some(cmd.spawn().expect("spawn cairnd"));
+    }
+
+    /// Waits until node `id` answers `/health`.
+    pub fn wait_healthy(&self, id: u64) {
+        let url = format!("{}/health", self.url(id));
+        crate::wait_for(
+            Duration::from_secs(20),
+            &format!("node {id} to answer /health"),
+            || http_get(&url).is_some_and(|(s, _)| s == 200),
+        );
+    }
+
+    /// `cachectl cluster init` on node 1, then waits for every node to know a leader.
+    pub fn init(&self) {
+        let out = self.cachectl(1, &["cluster", "init"]);
+        assert!(
+            out.status.success(),
+            "cluster init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_leader(&self.ids(), Duration::from_secs(20));
+    }
+
+    /// Runs `cachectl` against node `id` with the admin token.
+    pub fn cachectl(&self, id: u64, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(crate::cachectl_bin());
+        let (sub, rest) = args.split_first().expect("a subcommand");
+        cmd.arg(sub);
+        if *sub == "status" {
+            cmd.args(["--cache", &self.url(id)]);
+        } else {
+            cmd.args(["--server", &self.url(id)]);
+        }
+        cmd.args(rest)
+            .env("CAIRN_TOKEN", ADMIN)
+            .env_remove("CAIRN_URL")
+            .output()
+            .expect("run cachectl")
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT of node `id` (the `cairnd` process itself, inside `ip netns exec`
+    /// it is the same process: `ip` execs it).
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self.node(id).pid().expect("node is running");
+        must("kill", &[&format!("-{sig}"), &pid.to_string()]);
+    }
+
+    /// Starts node `id` again on its data directory and waits for `/health`.
+    pub fn restart(&mut self, id: u64) {
+        self.launch(id);
+        self.wait_healthy(id);
+    }
+
+    /// Cuts every link between nodes of different groups (the test keeps reaching all).
+    pub fn partition(&self, groups: &[&[u64]]) {
+        let net = self
+            .net
+            .as_ref()
+            .expect("partitions need network namespaces");
+        for g in groups {
+            for &id in *g {
+                let ns = &net.namespaces[id as usize - 1];
+                let _ = sh(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        ns,
+                        "nft",
+                        "delete",
+                        "table",
+                        "inet",
+                        "cairntest",
+                    ],
+                );
+                let mut rules = String::from(
+                    "table inet cairntest {\n chain in { type filter hook input priority 0; policy accept;\n",
+                );
+                let others: Vec<u64> = self.ids().into_iter().filter(|o| !g.contains(o)).collect();
+                for o in &others {
+                    rules.push_str(&format!("  ip saddr {}.{o} drop\n", net.prefix));
+                }
+                rules.push_str(
+                    " }\n chain out { type filter hook output priority 0; policy accept;\n",
+                );
+                for o in &others {
+                    rules.push_str(&format!("  ip daddr {}.{o} drop\n", net.prefix));
+                }
+                rules.push_str(" }\n}\n");
+                let file = self.dir.path().join(format!("nft-{id}.conf"));
+                std::fs::write(&file, rules).unwrap();
+                must(
+                    "ip",
+                    &["netns", "exec", ns, "nft", "-f", file.to_str().unwrap()],
+                );
+            }
+        }
+    }
+
+    /// Removes every partition rule.
+    pub fn heal(&self) {
+        if let Some(net) = &self.net {
+            for ns in &net.namespaces {
+                let _ = sh(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        ns,
+                        "nft",
+                        "delete",
+                        "table",
+                        "inet",
+                        "cairntest",
+                    ],
+                );
+            }
+        }
+    }
+
+    /// A Raft figure of node `id` from its `/metrics` (None when it does not answer).
+    pub fn metric(&self, id: u64, name: &str) -> Option<u64> {
+        let (status, body) = http_get(&format!("{}/metrics", self.url(id)))?;
+        if status != 200 {
+            return None;
+        }
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// The node among `among` that says it leads, if exactly one does.
+    pub fn leader_among(&self, among: &[u64]) -> Option<u64> {
+        let leaders: Vec<u64> = among
+            .iter()
+            .copied()
+            .filter(|&id| self.node(id).is_running())
+            .filter(|&id| self.metric(id, "cairn_raft_is_leader") == Some(1))
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Waits until one node of `among` leads and every other running node of `among`
+    /// is in its term; returns the leader.
+    pub fn wait_leader(&self, among: &[u64], timeout: Duration) -> u64 {
+        let mut found = None;
+        crate::wait_for(timeout, "a leader", || {
+            let Some(l) = self.leader_among(among) else {
+                return false;
+            };
+            let term = self.metric(l, "cairn_raft_term");
+            let agreed = among
+                .iter()
+                .filter(|&&id| self.node(id).is_running())
+                .all(|&id| self.metric(id, "cairn_raft_term") == term);
+            found = Some(l);
+            agreed
+        });
+        found.expect("leader")
+    }
+
+    /// A netrc for `nix copy` with the push token for every node.
+    pub fn netrc(&self) -> PathBuf {
+        let p = self.dir.path().join("netrc");
+        let mut f = std::fs::File::create(&p).unwrap();
+        for n in &self.nodes {
+            let host = n.public.rsplit_once(':').unwrap().0;
+            writeln!(f, "machine {host} login ci password {PUSH}").unwrap();
+        }
+        p
+    }
+
+    /// `nix copy --to` node `id` (zstd); true when Nix says it worked.
+    pub fn nix_copy(&self, nix: &testkit::Nix, id: u64, paths: &[String]) -> std::process::Output {
+        let url = format!("{}?compression=zstd", self.url(id));
+        // Nix 2.8 retries a refused upload with an empty body and can wait forever.
+        nix.cmd("timeout")
+            .args(["120", "nix", "copy", "--to", &url, "--option", "netrc-file"])
+            .arg(self.netrc())
+            .args(paths)
+            .output()
+            .expect("run nix copy")
+    }
+
+    /// The blob files on node `id`'s disk, by file name (nix32 file hash).
+    pub fn blob_files(&self, id: u64) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        let root = self.node(id).data.join("cache/blobs");
+        for shard in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push((f.file_name().to_string_lossy().into_owned(), f.path()));
+            }
+        }
+        out
+    }
+
+    /// The tail of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids = self.ids();
+        for id in ids {
+            if self.node(id).is_running() {
+                // A stopped process must be continued to die cleanly.
+                if let Some(pid) = self.node(id).pid() {
+                    let _ = sh("kill", &["-CONT", &pid.to_string()]);
+                }
+                self.kill(id);
+            }
+            if std::thread::panicking() {
+                eprintln!("--- node {id} log (tail) ---\n{}", self.log_tail(id, 40));
+            }
+        }
+        if let Some(net) = self.net.take() {
+            net.destroy();
+        }
+    }
+}
+
+impl Netns {
+    fn create(nodes: u64) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        // Unique per test process and cluster: 10.(100 + pid % 100).(seq % 250).0/24.
+        let prefix = format!("10.{}.{}", 100 + pid % 100, seq % 250);
+        let tag = format!("{}{seq}", pid % 100_000);
+        let bridge = format!("cb{tag}");
+        must("ip", &["link", "add", &bridge, "type", "bridge"]);
+        must(
+            "ip",
+            &["addr", "add", &format!("{prefix}.254/24"), "dev", &bridge],
+        );
+        must("ip", &["link", "set", &bridge, "up"]);
+        let mut namespaces = Vec::new();
+        for id in 1..=nodes {
+            let ns = format!("cairn-{tag}-{id}");
+            let host_end = format!("cv{tag}n{id}");
+            let node_end = format!("cw{tag}n{id}");
+            must("ip", &["netns", "add", &ns]);
+            must(
+                "ip",
+                &[
+                    "link", "add", &host_end, "type", "veth", "peer", "name", &node_end,
+                ],
+            );
+            must("ip", &["link", "set", &host_end, "master", &bridge]);
+            must("ip", &["link", "set", &host_end, "up"]);
+            must("ip", &["link", "set", &node_end, "netns", &ns]);
+            let exec = |args: &[&str]| {
+                let mut v = vec!["netns", "exec", ns.as_str()];
+                v.extend_from_slice(args);
+                must("ip", &v);
+            };
+            exec(&["ip", "link", "set", "lo", "up"]);
+            exec(&["ip", "link", "set", &node_end, "name", "eth0"]);
+            exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{prefix}.{id}/24"),
+                "dev",
+                "eth0",
+            ]);
+            exec(&["ip", "link", "set", "eth0", "up"]);
+            namespaces.push(ns);
+        }
+        Netns {
+            bridge,
+            prefix,
+            namespaces,
+        }
+    }
+
+    fn destroy(self) {
+        for ns in &self.namespaces {
+            let _ = sh("ip", &["netns", "del", ns]);
+        }
+        let _ = sh("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, format!("{text}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A blocking GET with a 3 s timeout: (status, body), or None when unreachable.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let rt = crate::rt();
+    rt.block_on(async {
+        let resp = crate::http_client()
+            .get(url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    })
+}
+
+/// A blocking GET of bytes: (status, body).
+pub fn http_get_bytes(url: &str) -> Option<(u16, Vec<u8>)> {
+    let rt = crate::rt();
+    rt.block_on(async {
+        let resp = crate::http_client()
+            .get(url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.bytes().await.ok()?.to_vec()))
+    })
+}
+
+/// Checks the design's invariants that show from outside, on every node in `on`, for
+/// the store paths in `acked` (uploads that were acknowledged):
+///
+/// - 7: every acknowledged path has a narinfo on every node;
+/// - 4: its NAR decompresses to its NarHash and NarSize;
+/// - 5: the bytes served under its file hash hash to it;
+/// - 1 and 2: at least two nodes hold a file under that hash on disk, and every such
+///   file hashes to its name.
+pub fn check_invariants(c: &TestCluster, on: &[u64], acked: &[String]) {
+    use nix_formats::{Hash, NarInfo};
+    for path in acked {
+        let hash_part = path
+            .rsplit('/')
+            .next()
+            .and_then(|b| b.get(..32))
+            .expect("a store path");
+        let mut file_hash = None;
+        for &id in on {
+            let url = format!("{}/{hash_part}.narinfo", c.url(id));
+            let (status, text) = http_get(&url).unwrap_or((0, String::new()));
+            assert_eq!(
+                status, 200,
+                "invariant 7: node {id} lacks acknowledged {path}"
+            );
+            let ni = NarInfo::parse(&text).expect("a valid narinfo");
+            let (status, bytes) =
+                http_get_bytes(&format!("{}/{}", c.url(id), ni.url)).expect("NAR answer");
+            assert_eq!(status, 200, "node {id}: NAR of {path}");
+            let fh = Hash::sha256_of(&bytes);
+            assert_eq!(
+                Some(&fh),
+                ni.file_hash.as_ref(),
+                "invariant 5: node {id} served bytes that do not hash to the FileHash of {path}"
+            );
+            let nar = zstd::decode_all(&bytes[..]).expect("a zstd NAR");
+            assert_eq!(
+                (Hash::sha256_of(&nar), nar.len() as u64),
+                (ni.nar_hash.clone(), ni.nar_size),
+                "invariant 4: node {id} NarHash/NarSize of {path}"
+            );
+            file_hash = Some(fh);
+        }
+        let Some(fh) = file_hash else { continue };
+        let name = fh.to_nix32();
+        let mut copies = 0;
+        for id in c.ids() {
+            for (file, p) in c.blob_files(id) {
+                if file == name {
+                    let bytes = std::fs::read(&p).unwrap();
+                    assert_eq!(
+                        Hash::sha256_of(&bytes).to_nix32(),
+                        name,
+                        "invariant 2: node {id} keeps a blob that does not hash to its name"
+                    );
+                    copies += 1;
+                }
+            }
+        }
+        assert!(
+            copies >= 2,
+            "invariant 1: {path} is visible with {copies} copies"
+        );
+    }
+}
+
+/// Measures how long `f` takes.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
