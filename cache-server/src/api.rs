@@ -252,10 +252,12 @@ fn replica_target(s: &AppState, node: &cluster::Node) -> u64 {
 /// below target anywhere).
 fn blob_counts(node: &cluster::Node, target: u64) -> Result<(u64, u64, u64), ServerError> {
     let me = node.id();
+    let members: Vec<u64> = node.members().iter().map(|m| m.node_id).collect();
     let (mut held, mut missing, mut under) = (0, 0, 0);
     node.state().for_each_blob(|e| {
         let here = e.holders.contains_key(&me);
-        let short = (e.holders.len() as u64) < target;
+        let copies = e.holders.keys().filter(|h| members.contains(h)).count();
+        let short = (copies as u64) < target;
         held += u64::from(here);
         missing += u64::from(short && !here);
         under += u64::from(short);
@@ -504,5 +506,6 @@ pub async fn cluster_remove(
     node.change_membership(cluster::MembershipChange::Remove { node_id: id })
         .await
         .map_err(write_error)?;
+    crate::replication::forget_holder(node.clone(), id);
     Ok(Json(serde_json::json!({"members": node.members()})).into_response())
 }

@@ -204,6 +204,9 @@ pub struct ClusterFileConfig {
     pub snapshot_logs: Option<u64>,
     /// Seconds between repair passes. Default 30.
     pub repair_interval_secs: Option<u64>,
+    /// Bytes per second of stored blobs the scrubber re-hashes; 0 turns it off.
+    /// Default 8 MiB.
+    pub scrub_bytes_per_sec: Option<u64>,
 }
 
 /// A peer in `[[cluster.peers]]`.
@@ -227,6 +230,7 @@ pub struct ClusterConfig {
     pub election_timeout_ms: (u64, u64),
     pub snapshot_logs: u64,
     pub repair_interval_secs: u64,
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl ClusterConfig {
@@ -272,6 +276,7 @@ impl ClusterConfig {
             election_timeout_ms: (emin, emax),
             snapshot_logs: f.snapshot_logs.unwrap_or(10_000).max(10),
             repair_interval_secs: f.repair_interval_secs.unwrap_or(30).max(1),
+            scrub_bytes_per_sec: f.scrub_bytes_per_sec.unwrap_or(8 << 20),
         })
     }
 }

@@ -56,6 +56,9 @@ pub enum ServerError {
     /// nothing was made visible. The reason is safe to show.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A stored blob failed its check as it was about to be served; it is set aside.
+    #[error("not found")]
+    CorruptBlob,
     /// The request conflicts with the cluster's state (a membership change refused).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -64,7 +67,7 @@ pub enum ServerError {
 impl ServerError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ServerError::NotFound => StatusCode::NOT_FOUND,
+            ServerError::NotFound | ServerError::CorruptBlob => StatusCode::NOT_FOUND,
             ServerError::BadHash | ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServerError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ServerError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -106,6 +109,7 @@ impl IntoResponse for ServerError {
                 | ServerError::BadHash
                 | ServerError::BadRequest(_)
                 | ServerError::Conflict(_)
+                | ServerError::CorruptBlob
                 | ServerError::RangeNotSatisfiable(_) => {}
             }
         }

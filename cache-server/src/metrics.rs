@@ -85,6 +85,8 @@ pub struct Metrics {
     pub repair_backlog: AtomicU64,
     /// Leader changes this node has seen.
     pub leader_changes: AtomicU64,
+    /// Stored blobs that failed a check (scrub or serve) and were set aside.
+    pub scrub_failures: AtomicU64,
     commit_count: AtomicU64,
     commit_sum_us: AtomicU64,
 }
@@ -103,6 +105,7 @@ impl Default for Metrics {
             blob_copies: AtomicU64::new(0),
             repair_backlog: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
+            scrub_failures: AtomicU64::new(0),
             commit_count: AtomicU64::new(0),
             commit_sum_us: AtomicU64::new(0),
         }
@@ -181,6 +184,11 @@ impl Metrics {
                 "cairn_blob_copies_total",
                 "Blob copies sent to peers and verified there.",
                 self.blob_copies.load(Relaxed),
+            ),
+            (
+                "cairn_blob_check_failures_total",
+                "Stored blobs that failed a hash check and were set aside.",
+                self.scrub_failures.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {

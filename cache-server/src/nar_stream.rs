@@ -289,23 +289,41 @@ fn zstd_into(
 /// blob) from `start` on, read on the blocking pool straight into the chunks that go
 /// out: one blocking task per response rather than one per read. A file that ends
 /// early aborts the connection.
+/// What a whole-file stream checks before its last chunk goes out: the bytes must hash
+/// to `expected`, else the connection is aborted (the client never sees a clean end of
+/// bad bytes) and `on_mismatch` runs.
+pub struct Verify {
+    pub expected: nix_formats::Hash,
+    pub on_mismatch: Box<dyn FnOnce() + Send>,
+}
+
 pub fn spawn_file(
     mut file: std::fs::File,
     start: u64,
     len: u64,
     encoding: Encoding,
     metrics: Arc<Metrics>,
+    verify: Option<Verify>,
 ) -> Body {
     use std::io::{Read, Seek};
     let (tx, rx) = mpsc::channel(DEPTH);
     tokio::task::spawn_blocking(move || {
         let mut sent = 0u64;
-        let result = (|| -> io::Result<()> {
+        let mut hasher = verify.as_ref().map(|_| nix_formats::Sha256Hasher::new());
+        // With a check, each chunk is held back until the next is read, so the last
+        // one goes out only after the whole file hashed right.
+        let mut held: Option<Bytes> = None;
+        let send = |b: Bytes| {
+            tx.blocking_send(Ok(b))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+        };
+        let mut result = (|| -> io::Result<()> {
             if start > 0 {
                 file.seek(io::SeekFrom::Start(start))?;
             }
-            while sent < len {
-                let n = (len - sent).min(CHUNK as u64) as usize;
+            let mut read = 0u64;
+            while read < len {
+                let n = (len - read).min(CHUNK as u64) as usize;
                 // `read_to_end` on a `File` fills spare capacity without zeroing it first.
                 let mut chunk = Vec::with_capacity(n);
                 (&mut file).take(n as u64).read_to_end(&mut chunk)?;
@@ -315,12 +333,38 @@ pub fn spawn_file(
                         "stored file is shorter than recorded",
                     ));
                 }
-                tx.blocking_send(Ok(Bytes::from(chunk)))
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
-                sent += n as u64;
+                read += n as u64;
+                let chunk = Bytes::from(chunk);
+                match &mut hasher {
+                    Some(h) => {
+                        h.update(&chunk);
+                        if let Some(prev) = held.replace(chunk) {
+                            sent += prev.len() as u64;
+                            send(prev)?;
+                        }
+                    }
+                    None => {
+                        sent += n as u64;
+                        send(chunk)?;
+                    }
+                }
             }
             Ok(())
         })();
+        if let (Ok(()), Some(h), Some(v)) = (&result, hasher, verify) {
+            if h.finish() == v.expected {
+                if let Some(last) = held.take() {
+                    sent += last.len() as u64;
+                    result = send(last);
+                }
+            } else {
+                (v.on_mismatch)();
+                result = Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "stored blob does not hash to its name",
+                ));
+            }
+        }
         metrics.add_bytes(encoding, sent);
         if let Err(e) = result {
             abort(&metrics, std::path::Path::new("<stored file>"), &e);

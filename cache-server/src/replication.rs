@@ -372,12 +372,126 @@ async fn fetch_from(
     .map_err(|e| e.to_string())
 }
 
+/// After `gone` left the cluster: unregisters every copy it was recorded as holding, so
+/// the holder counts (and the path rule) see only members. Runs in the background.
+pub fn forget_holder(node: Arc<Node>, gone: NodeId) {
+    tokio::spawn(async move {
+        let st = node.state().clone();
+        let held = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let _ = st.for_each_blob(|e| {
+                if e.holders.contains_key(&gone) {
+                    out.push(e.blob.file_hash);
+                }
+                true
+            });
+            out
+        })
+        .await
+        .unwrap_or_default();
+        for file_hash in held {
+            let cmd = Command::UnregisterHolder {
+                file_hash,
+                node: gone,
+            };
+            if let Err(e) = node.write(cmd).await {
+                tracing::warn!(error = %e, node = gone, "unregistering a removed node's copies stopped");
+                return;
+            }
+        }
+    });
+}
+
+/// Sets aside a local blob that failed its check: on a cluster node, its holder record
+/// goes first (invariant 3), then the file; repair fetches a good copy later (a read
+/// does at once). Standalone, the file goes and the path's NAR answers 404.
+pub async fn quarantine(s: &Shared, file_hash: &Hash) {
+    tracing::error!(file_hash = %file_hash, "a stored blob does not hash to its name; removing this copy");
+    if let Some(node) = s.catalog.node() {
+        let cmd = Command::UnregisterHolder {
+            file_hash: file_hash.clone(),
+            node: node.id(),
+        };
+        if let Err(e) = node.write(cmd).await {
+            // Still registered: keep the file out of service by moving it aside is not
+            // possible without the registry agreeing, so leave it for the next check.
+            tracing::warn!(error = %e, "could not unregister a corrupt copy; will retry");
+            return;
+        }
+    }
+    s.variants.forget(&format!("blob-{}", file_hash.to_nix32()));
+    if let Err(e) = s.blobs.remove(file_hash) {
+        tracing::warn!(error = %e, "removing a corrupt blob failed");
+    }
+    s.metrics
+        .scrub_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Re-hashes up to `budget` bytes of this node's blobs, resuming after `cursor` (a
+/// file hash digest), and sets aside any that fail. Returns the new cursor (None after
+/// the last blob: the next pass starts over).
+pub async fn scrub_step(s: &Shared, cursor: Option<Vec<u8>>, budget: u64) -> Option<Vec<u8>> {
+    let node = s.catalog.node()?.clone();
+    let me = node.id();
+    let st = node.state().clone();
+    let after = cursor.clone();
+    let list = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let _ = st.for_each_blob(|e| {
+            let key = e.blob.file_hash.digest().to_vec();
+            if after.as_ref().is_some_and(|a| key <= *a) || !e.holders.contains_key(&me) {
+                return true;
+            }
+            total += e.blob.file_size;
+            out.push(e.blob.file_hash);
+            total < budget
+        });
+        out
+    })
+    .await
+    .ok()?;
+    let mut last = None;
+    for h in list {
+        let blobs = s.clone();
+        let h2 = h.clone();
+        let good = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let Some((file, _)) = blobs.blobs.open_blob(&h2).map_err(std::io::Error::other)? else {
+                return Ok(false);
+            };
+            let mut hasher = nix_formats::HashingReader::new(std::io::BufReader::new(file));
+            std::io::copy(&mut hasher, &mut std::io::sink())?;
+            Ok(hasher.finish().0 == h2)
+        })
+        .await
+        .unwrap_or(Ok(true))
+        .unwrap_or(true);
+        if !good {
+            quarantine(s, &h).await;
+        }
+        last = Some(h.digest().to_vec());
+    }
+    last
+}
+
 /// The repair worker: see the module docs.
 pub async fn repair_loop(s: Shared, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let budget = s
+        .config
+        .cluster
+        .as_ref()
+        .map(|c| c.scrub_bytes_per_sec)
+        .unwrap_or(0)
+        .saturating_mul(every.as_secs().max(1));
+    let mut cursor = None;
     loop {
         tick.tick().await;
+        if budget > 0 {
+            cursor = scrub_step(&s, cursor, budget).await;
+        }
         if let Err(e) = repair_pass(&s).await {
             tracing::warn!(error = %e, "repair pass failed");
         }
@@ -403,10 +517,13 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
         .unwrap_or(3)
         .min(members.len());
     let st = node.state().clone();
+    let member_ids: Vec<NodeId> = members.iter().map(|m| m.node_id).collect();
     let wanted = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         st.for_each_blob(|e| {
-            if e.holders.len() < target && !e.holders.contains_key(&me) && !e.holders.is_empty() {
+            // Copies on nodes that left the cluster do not count.
+            let held = e.holders.keys().filter(|h| member_ids.contains(h)).count();
+            if held < target && !e.holders.contains_key(&me) && !e.holders.is_empty() {
                 out.push(e.blob.file_hash);
             }
             true

@@ -623,7 +623,7 @@ async fn nar(
                 s.metrics.add_bytes(encoding, len);
                 Body::from(bytes)
             }
-            Err(file) => nar_stream::spawn_file(file, 0, len, encoding, s.metrics.clone()),
+            Err(file) => nar_stream::spawn_file(file, 0, len, encoding, s.metrics.clone(), None),
         };
         return Ok(builder
             .header(header::CONTENT_LENGTH, len)
@@ -709,11 +709,37 @@ async fn cache_nar(
         } else if n == len && len <= crate::variants::MEMORY_ENTRY_MAX as u64 {
             // Small blobs (most of them) are kept in memory once read: a blocking
             // task and a channel per request cost more than the bytes.
-            let bytes = small_blob(s, file_hash, file, len).await?;
+            let bytes = match small_blob(s, file_hash, file, len).await {
+                Err(ServerError::CorruptBlob) => {
+                    // Set aside, fetched again from a holder (cluster), checked again.
+                    crate::replication::quarantine(s, file_hash).await;
+                    crate::replication::ensure_local(s, file_hash).await?;
+                    let (file, _) = s
+                        .blobs
+                        .open_blob(file_hash)
+                        .map_err(crate::upload::blob_error)?
+                        .ok_or(ServerError::NotFound)?;
+                    small_blob(s, file_hash, file, len)
+                        .await
+                        .map_err(|_| ServerError::NotFound)?
+                }
+                r => r?,
+            };
             s.metrics.add_bytes(encoding, len);
             Body::from(bytes)
         } else {
-            nar_stream::spawn_file(file, start, n, encoding, s.metrics.clone())
+            // A whole blob is checked as it streams; a part cannot be.
+            let verify = (n == len).then(|| {
+                let (st, h) = (s.clone(), file_hash.clone());
+                let rt = tokio::runtime::Handle::current();
+                nar_stream::Verify {
+                    expected: file_hash.clone(),
+                    on_mismatch: Box::new(move || {
+                        rt.spawn(async move { crate::replication::quarantine(&st, &h).await });
+                    }),
+                }
+            });
+            nar_stream::spawn_file(file, start, n, encoding, s.metrics.clone(), verify)
         };
         return Ok(builder
             .status(status)
@@ -802,9 +828,9 @@ async fn small_blob(
         Ok(v)
     })
     .await??;
-    if bytes.len() as u64 != len {
-        tracing::error!(file_hash = %file_hash, "a stored blob is shorter than recorded");
-        return Err(ServerError::Io(std::io::Error::other("short blob")));
+    if bytes.len() as u64 != len || Hash::sha256_of(&bytes) != *file_hash {
+        tracing::error!(file_hash = %file_hash, "a stored blob does not hash to its name");
+        return Err(ServerError::CorruptBlob);
     }
     let bytes = Bytes::from(bytes);
     s.variants.put_memory(&key, bytes.clone());

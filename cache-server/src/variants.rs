@@ -103,11 +103,14 @@ impl VariantCache {
         true
     }
 
-    /// Forgets an entry whose file turned out to be missing.
+    /// Forgets an entry whose file turned out to be missing, or whose source went bad.
     pub fn forget(&self, key: &str) {
         let mut inner = self.inner.lock();
         if let Some(len) = inner.files.pop(key) {
             inner.files_total -= len;
+        }
+        if let Some(bytes) = inner.memory.pop(key) {
+            inner.memory_total -= bytes.len() as u64;
         }
     }
 

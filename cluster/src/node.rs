@@ -410,8 +410,21 @@ impl Node {
                         .raft_request(Method::POST, &addr, "/raft/write", leader)
                         .timeout(remaining)
                         .json(&cmd);
-                    match send_json::<Response>(rb, leader, &addr).await {
-                        Ok(r) => return Ok(r),
+                    match send_json::<Committed>(rb, leader, &addr).await {
+                        Ok(c) => {
+                            // Read-your-writes here: what the caller does next (a
+                            // narinfo after its NAR) sees this node's state.
+                            let wait = deadline.saturating_duration_since(Instant::now());
+                            if let Err(e) = self
+                                .raft
+                                .wait(Some(wait.max(Duration::from_millis(100))))
+                                .applied_index_at_least(Some(c.index), "own write")
+                                .await
+                            {
+                                tracing::warn!(index = c.index, error = %e, "own write not applied here in time");
+                            }
+                            return Ok(c.response);
+                        }
                         Err(CallError::Status {
                             status, message, ..
                         }) if status == 400 || status == 409 => {
@@ -427,9 +440,12 @@ impl Node {
     }
 
     /// The leader's side of a forwarded write: commits `cmd` here, or says who leads.
-    pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ForwardedWriteError> {
+    pub async fn write_as_leader(&self, cmd: Command) -> Result<Committed, ForwardedWriteError> {
         match tokio::time::timeout(self.config.write_timeout, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Ok(resp)) => Ok(Committed {
+                response: resp.data,
+                index: resp.log_id.index,
+            }),
             Ok(Err(e)) => match e.forward_to_leader() {
                 Some(f) => Err(ForwardedWriteError::NotLeader(NotLeader {
                     leader: f.leader_id,
@@ -592,6 +608,14 @@ pub enum ForwardedWriteError {
     NotLeader(NotLeader),
     Refused(String),
     Timeout,
+}
+
+/// The answer of a forwarded write: what the state machine said, and the entry's index
+/// (the forwarding node waits until it has applied it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Committed {
+    pub response: Response,
+    pub index: u64,
 }
 
 /// The answer of `POST /internal/v1/raft/read-index`.

@@ -28,6 +28,9 @@ const SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
 #[derive(Debug, Clone)]
 pub struct Options {
     pub nodes: u64,
+    /// Nodes `cluster init` makes voters (the first ones); the rest start fresh, for
+    /// `cluster add`. Default: all.
+    pub voters: Option<u64>,
     /// Raft entries between snapshots.
     pub snapshot_logs: u64,
     pub repair_interval_secs: u64,
@@ -37,6 +40,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             nodes: 3,
+            voters: None,
             snapshot_logs: 10_000,
             repair_interval_secs: 1,
         }
@@ -182,7 +186,8 @@ impl TestCluster {
         }
         for n in &nodes {
             let mut peers = String::new();
-            for p in nodes.iter().filter(|p| p.id != n.id) {
+            let voters = opts.voters.unwrap_or(opts.nodes);
+            for p in nodes.iter().filter(|p| p.id != n.id && p.id <= voters) {
                 peers.push_str(&format!(
                     "[[cluster.peers]]\nnode_id = {}\naddr = \"{}\"\n",
                     p.id, p.cluster
@@ -306,7 +311,8 @@ repair_interval_secs = {repair}
             "cluster init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.wait_leader(&self.ids(), Duration::from_secs(20));
+        let voters: Vec<u64> = (1..=self.opts.voters.unwrap_or(self.opts.nodes)).collect();
+        self.wait_leader(&voters, Duration::from_secs(20));
     }
 
     /// Runs `cachectl` against node `id` with the admin token.
@@ -412,6 +418,37 @@ repair_interval_secs = {repair}
                 );
             }
         }
+    }
+
+    /// Flips one byte in the middle of node `id`'s copy of the blob `name`.
+    pub fn flip_byte(&self, id: u64, name: &str) {
+        use std::io::{Read, Seek, SeekFrom};
+        let (_, p) = self
+            .blob_files(id)
+            .into_iter()
+            .find(|(f, _)| f == name)
+            .expect("node holds the blob");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(len / 2)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(len / 2)).unwrap();
+        f.write_all(&[b[0] ^ 0x5a]).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    /// Whether node `id` holds a good copy (hashing to its name) of the blob `name`.
+    pub fn has_good_copy(&self, id: u64, name: &str) -> bool {
+        self.blob_files(id).into_iter().any(|(f, p)| {
+            f == name
+                && std::fs::read(&p)
+                    .is_ok_and(|b| nix_formats::Hash::sha256_of(&b).to_nix32() == name)
+        })
     }
 
     /// A Raft figure of node `id` from its `/metrics` (None when it does not answer).
