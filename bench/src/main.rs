@@ -3,6 +3,7 @@
 //! which installs the tools, builds the binaries and the corpus first; see
 //! `bench/README.md`. Not a test: nothing in the test suite runs it.
 
+mod cluster;
 mod narpass;
 mod procs;
 mod report;
@@ -64,6 +65,12 @@ struct Args {
     /// Random nonexistent hashes the miss runs cycle over.
     #[arg(long, default_value_t = 400_000)]
     miss_hashes: usize,
+    /// Also measure a three-node cluster (issue 4) after everything else.
+    #[arg(long)]
+    cluster: bool,
+    /// Measure only the three-node cluster and refresh that section of the report.
+    #[arg(long, conflicts_with = "cluster")]
+    cluster_only: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -240,6 +247,29 @@ async fn bench(args: Args) -> Result<()> {
         connections: args.connections,
         duration: Duration::from_secs(args.duration),
     };
+    let cachectl_bin = absolute(&args.cachectl)?;
+    let cluster_ctx = cluster::Ctx {
+        cairnd: &cairnd_bin,
+        cachectl: &cachectl_bin,
+        key: &key,
+        run_dir: &run_dir,
+        pid_file: &pid_file,
+        root: &args.root,
+        reps: args.reps,
+        wrk: &wrk_cfg,
+        script: &script,
+        hits: &hits_load,
+        misses: &misses_load,
+    };
+    if args.cluster_only {
+        let r = cluster::run(&cluster_ctx).await?;
+        cluster::splice(&args.results, &cluster::render(&r))?;
+        step(format!(
+            "wrote the cluster section of {}",
+            args.results.display()
+        ));
+        return Ok(());
+    }
 
     // nginx.
     let nginx_dir = run_dir.join("nginx");
@@ -352,10 +382,9 @@ async fn bench(args: Args) -> Result<()> {
     let uploads = if args.no_uploads {
         None
     } else {
-        let cachectl = absolute(&args.cachectl)?;
         let ctx = uploads::Ctx {
             cairnd: &cairnd_bin,
-            cachectl: &cachectl,
+            cachectl: &cachectl_bin,
             key: &key,
             run_dir: &run_dir,
             pid_file: &pid_file,
@@ -401,8 +430,20 @@ async fn bench(args: Args) -> Result<()> {
         wall_minutes: started.elapsed().as_secs_f64() / 60.0,
     };
     let text = report::render(&results);
+    // A cluster section from an earlier `--cluster-only` run is kept unless remeasured.
+    let old = fs::read_to_string(&args.results).unwrap_or_default();
+    let old_cluster = match (old.find(cluster::BEGIN), old.find(cluster::END)) {
+        (Some(a), Some(b)) if b > a => Some(old[a..b + cluster::END.len()].to_string()),
+        _ => None,
+    };
     fs::write(&args.results, &text)
         .with_context(|| format!("writing {}", args.results.display()))?;
+    if args.cluster {
+        let r = cluster::run(&cluster_ctx).await?;
+        cluster::splice(&args.results, &cluster::render(&r))?;
+    } else if let Some(section) = old_cluster {
+        cluster::splice(&args.results, &section)?;
+    }
     step(format!(
         "wrote {} ({:.1} minutes)",
         args.results.display(),

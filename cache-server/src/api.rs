@@ -257,7 +257,8 @@ fn blob_counts(node: &cluster::Node, target: u64) -> Result<(u64, u64, u64), Ser
     node.state().for_each_blob(|e| {
         let here = e.holders.contains_key(&me);
         let copies = e.holders.keys().filter(|h| members.contains(h)).count();
-        let short = (copies as u64) < target;
+        // Orphans (no path names them) are on their way out: not under-replicated.
+        let short = e.refcount > 0 && (copies as u64) < target;
         held += u64::from(here);
         missing += u64::from(short && !here);
         under += u64::from(short);

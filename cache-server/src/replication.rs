@@ -41,6 +41,19 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The crash tests' hook: with `CAIRN_FAILPOINT=<step>` in its environment, a node
+/// dies on the spot (as under SIGKILL: no unwinding, no clean-up) when an upload reaches
+/// that step: `after-ingest` (the blob is on this disk, nothing registered),
+/// `after-register` (enough copies registered, the NAR not yet answered), `before-path`
+/// (the narinfo verified, not yet proposed), `after-path` (committed, not yet answered).
+/// Unset (always, outside tests), it costs one environment lookup per upload step.
+fn failpoint(step: &str) {
+    if std::env::var("CAIRN_FAILPOINT").is_ok_and(|v| v == step) {
+        eprintln!("CAIRN_FAILPOINT={step}: dying here");
+        std::process::abort();
+    }
+}
+
 fn unavailable(e: WriteError) -> ServerError {
     match e {
         WriteError::Refused(m) => ServerError::Conflict(m),
@@ -74,6 +87,7 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
         }
         Some(n) => n.clone(),
     };
+    failpoint("after-ingest");
     let me = node.id();
     let already: Vec<NodeId> = node.state().holders(&rec.file_hash)?;
     let required = node.required_holders();
@@ -147,6 +161,7 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
             }
         }
     }
+    failpoint("after-register");
     Ok(())
 }
 
@@ -165,12 +180,14 @@ pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError
             .await?
         }
         Some(node) => {
+            failpoint("before-path");
             let started = std::time::Instant::now();
             let r = node
                 .write(Command::PutPath { path: rec.clone() })
                 .await
                 .map_err(unavailable)?;
             s.metrics.observe_commit(started.elapsed());
+            failpoint("after-path");
             r.map(|_| ()).map_err(rejected)
         }
     }
@@ -393,6 +410,7 @@ pub fn forget_holder(node: Arc<Node>, gone: NodeId) {
             let cmd = Command::UnregisterHolder {
                 file_hash,
                 node: gone,
+                only_if_unreferenced: false,
             };
             if let Err(e) = node.write(cmd).await {
                 tracing::warn!(error = %e, node = gone, "unregistering a removed node's copies stopped");
@@ -400,6 +418,81 @@ pub fn forget_holder(node: Arc<Node>, gone: NodeId) {
             }
         }
     });
+}
+
+/// Deletes this node's orphans: copies of blobs no path names, registered longer than
+/// `grace` ago (unregistered first, refused if a path named the blob meanwhile, so a
+/// copy a path needs is never deleted), and blob files nothing registers here that have
+/// not been placed or wanted for `grace` (an upload refused half way, a copy whose
+/// registration never came). Returns how many files it deleted.
+pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError> {
+    let Some(node) = s.catalog.node().cloned() else {
+        return Ok(0);
+    };
+    if node.identity().is_none() {
+        return Ok(0);
+    }
+    let me = node.id();
+    let now_secs = now();
+    let st = node.state().clone();
+    let stale = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        st.for_each_blob(|e| {
+            let old = e
+                .holders
+                .get(&me)
+                .is_some_and(|at| now_secs.saturating_sub(*at) >= grace.as_secs());
+            if e.refcount == 0 && old {
+                out.push(e.blob.file_hash);
+            }
+            true
+        })
+        .map(|()| out)
+    })
+    .await??;
+    let mut deleted = 0;
+    for h in stale {
+        let cmd = Command::UnregisterHolder {
+            file_hash: h.clone(),
+            node: me,
+            only_if_unreferenced: true,
+        };
+        match node.write(cmd).await.map_err(unavailable)? {
+            Ok(_) => {
+                s.variants.forget(&format!("blob-{}", h.to_nix32()));
+                s.blobs.remove(&h).map_err(crate::upload::blob_error)?;
+                deleted += 1;
+            }
+            Err(Rejection::StillReferenced { .. }) => {}
+            Err(r) => return Err(rejected(r)),
+        }
+    }
+    let st = s.clone();
+    let files = tokio::task::spawn_blocking(move || st.blobs.list())
+        .await?
+        .map_err(crate::upload::blob_error)?;
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    for (h, modified) in files {
+        if modified > cutoff {
+            continue;
+        }
+        // Looked up just before deleting: registered here means kept.
+        let mine = node
+            .state()
+            .blob(&h)?
+            .is_some_and(|e| e.holders.contains_key(&me));
+        if !mine {
+            s.variants.forget(&format!("blob-{}", h.to_nix32()));
+            s.blobs.remove(&h).map_err(crate::upload::blob_error)?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted orphan blobs");
+    }
+    Ok(deleted)
 }
 
 /// Sets aside a local blob that failed its check: on a cluster node, its holder record
@@ -411,6 +504,7 @@ pub async fn quarantine(s: &Shared, file_hash: &Hash) {
         let cmd = Command::UnregisterHolder {
             file_hash: file_hash.clone(),
             node: node.id(),
+            only_if_unreferenced: false,
         };
         if let Err(e) = node.write(cmd).await {
             // Still registered: keep the file out of service by moving it aside is not
@@ -486,11 +580,21 @@ pub async fn repair_loop(s: Shared, every: Duration) {
         .map(|c| c.scrub_bytes_per_sec)
         .unwrap_or(0)
         .saturating_mul(every.as_secs().max(1));
+    let grace = Duration::from_secs(
+        s.config
+            .cluster
+            .as_ref()
+            .map(|c| c.orphan_grace_secs)
+            .unwrap_or(86_400),
+    );
     let mut cursor = None;
     loop {
         tick.tick().await;
         if budget > 0 {
             cursor = scrub_step(&s, cursor, budget).await;
+        }
+        if let Err(e) = gc_orphans(&s, grace).await {
+            tracing::warn!(error = %e, "orphan sweep failed");
         }
         if let Err(e) = repair_pass(&s).await {
             tracing::warn!(error = %e, "repair pass failed");
@@ -521,9 +625,10 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
     let wanted = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         st.for_each_blob(|e| {
-            // Copies on nodes that left the cluster do not count.
+            // Copies on nodes that left the cluster do not count; blobs no path names
+            // are orphans on their way out, not work.
             let held = e.holders.keys().filter(|h| member_ids.contains(h)).count();
-            if held < target && !e.holders.contains_key(&me) && !e.holders.is_empty() {
+            if e.refcount > 0 && held < target && !e.holders.contains_key(&me) {
                 out.push(e.blob.file_hash);
             }
             true

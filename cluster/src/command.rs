@@ -91,6 +91,11 @@ pub enum Command {
         #[serde(with = "hash_text")]
         file_hash: Hash,
         node: NodeId,
+        /// GC's form: refused (a no-op answering [`Rejection::StillReferenced`]) while a
+        /// path names the blob, so a path committed a moment before never loses a copy
+        /// to a sweep that read an older state.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        only_if_unreferenced: bool,
     },
     /// Stores a token; a record with the same id or secret hash is replaced.
     PutToken { token: TokenRecord },
@@ -112,7 +117,9 @@ impl fmt::Display for Command {
             Command::RegisterHolder { blob, node, .. } => {
                 write!(f, "register_holder {} node {node}", blob.file_hash)
             }
-            Command::UnregisterHolder { file_hash, node } => {
+            Command::UnregisterHolder {
+                file_hash, node, ..
+            } => {
                 write!(f, "unregister_holder {file_hash} node {node}")
             }
             Command::PutToken { token } => write!(f, "put_token {}", token.id),
@@ -171,6 +178,9 @@ pub enum Rejection {
     /// A path's NarHash/NarSize differ from what was verified at ingest (invariant 4).
     #[error("the NarHash/NarSize of the path differ from blob {file_hash}'s")]
     NarMismatch { file_hash: String },
+    /// A GC unregistration of a blob that a path names again.
+    #[error("blob {file_hash} is named by a path")]
+    StillReferenced { file_hash: String },
     /// A holder registration describes the blob differently from its record.
     #[error("blob {file_hash} is recorded with other sizes, compression or NarHash")]
     BlobConflict { file_hash: String },

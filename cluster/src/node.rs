@@ -12,7 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ReadPolicy;
 use openraft::storage::RaftLogStorage;
-use openraft::{ChangeMembers, RaftLogReader, ServerState};
+use openraft::{ChangeMembers, RaftLogReader};
 use parking_lot::RwLock;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -358,13 +358,6 @@ impl Node {
 
     pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
-    }
-
-    /// Whether this node is a voter or learner of an initialised cluster.
-    pub fn is_member(&self) -> bool {
-        let m = self.metrics();
-        m.state != ServerState::Learner
-            || m.membership_config.nodes().any(|(id, _)| *id == self.id())
     }
 
     /// Replicates `cmd` through the leader (this node or another) and returns what the

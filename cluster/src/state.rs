@@ -166,7 +166,11 @@ pub(crate) fn apply_command(
             blobs.insert(key, encode("blob", &entry)?.as_slice())?;
             Ok(Ok(Applied::HolderRegistered { holders }))
         }
-        Command::UnregisterHolder { file_hash, node } => {
+        Command::UnregisterHolder {
+            file_hash,
+            node,
+            only_if_unreferenced,
+        } => {
             let mut blobs = tx.open_table(BLOBS)?;
             let key = file_hash.digest();
             let existing = match blobs.get(key)? {
@@ -179,6 +183,11 @@ pub(crate) fn apply_command(
                     blob_forgotten: false,
                 }));
             };
+            if *only_if_unreferenced && entry.refcount > 0 {
+                return Ok(Err(Rejection::StillReferenced {
+                    file_hash: file_hash.to_string(),
+                }));
+            }
             if entry.holders.remove(node).is_some() {
                 entry.generation = index;
             }

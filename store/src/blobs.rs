@@ -333,6 +333,33 @@ impl BlobStore {
     }
 
     /// `<root>/blobs/<first 2 nix32 chars>/<nix32 file hash>`.
+    /// Every stored blob with its file's modification time (when it was placed, or last
+    /// wanted again by an upload). Files whose names are not file hashes are skipped.
+    pub fn list(&self) -> Result<Vec<(Hash, std::time::SystemTime)>, BlobError> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.blobs).map_err(BlobError::Io)? {
+            let shard = shard.map_err(BlobError::Io)?;
+            if !shard.file_type().map_err(BlobError::Io)?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(shard.path()).map_err(BlobError::Io)? {
+                let f = f.map_err(BlobError::Io)?;
+                let Some(name) = f.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let Ok(hash) = Hash::parse_digest(nix_formats::HashAlgo::Sha256, &name) else {
+                    continue;
+                };
+                let modified = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(BlobError::Io)?;
+                out.push((hash, modified));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn blob_path(&self, file_hash: &Hash) -> PathBuf {
         let name = file_hash.to_nix32();
         self.blobs.join(&name[..2]).join(&name)

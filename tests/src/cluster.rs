@@ -34,6 +34,7 @@ pub struct Options {
     /// Raft entries between snapshots.
     pub snapshot_logs: u64,
     pub repair_interval_secs: u64,
+    pub orphan_grace_secs: u64,
 }
 
 impl Default for Options {
@@ -43,6 +44,7 @@ impl Default for Options {
             voters: None,
             snapshot_logs: 10_000,
             repair_interval_secs: 1,
+            orphan_grace_secs: 86_400,
         }
     }
 }
@@ -218,6 +220,7 @@ heartbeat_ms = 100
 election_timeout_ms = [600, 1200]
 snapshot_logs = {snap}
 repair_interval_secs = {repair}
+orphan_grace_secs = {grace}
 
 {peers}"#,
                 public = n.public,
@@ -230,6 +233,7 @@ repair_interval_secs = {repair}
                 secret = secret.display(),
                 snap = opts.snapshot_logs,
                 repair = opts.repair_interval_secs,
+                grace = opts.orphan_grace_secs,
             );
             std::fs::write(&n.config, text).unwrap();
         }
@@ -267,6 +271,11 @@ repair_interval_secs = {repair}
     }
 
     fn launch(&mut self, id: u64) {
+        self.launch_with(id, &[]);
+    }
+
+    /// Starts node `id` with extra environment variables (a failpoint, say).
+    pub fn launch_with(&mut self, id: u64, env: &[(&str, &str)]) {
         let bin = cairnd_bin();
         let n = &mut self.nodes[id as usize - 1];
         assert!(n.child.is_none(), "node {id} is already running");
@@ -290,6 +299,9 @@ repair_interval_secs = {repair}
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         n.child = Some(cmd.spawn().expect("spawn cairnd"));
     }
 
@@ -330,6 +342,18 @@ repair_interval_secs = {repair}
             .env_remove("CAIRN_URL")
             .output()
             .expect("run cachectl")
+    }
+
+    /// Reaps node `id` if its process has exited (a failpoint fired); true if it had.
+    pub fn reap(&mut self, id: u64) -> bool {
+        let n = &mut self.nodes[id as usize - 1];
+        match n.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                n.child = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// SIGKILLs node `id` and reaps it.

@@ -73,6 +73,19 @@ fn wait_three_copies(c: &TestCluster, n: usize) {
     );
 }
 
+/// The NAR (from `nix-store --dump`) of a file with random contents.
+fn random_nar() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    std::fs::write(&f, testkit::salt()).unwrap();
+    let out = std::process::Command::new("nix-store")
+        .args(["--dump", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
 fn followers(c: &TestCluster, leader: u64) -> Vec<u64> {
     c.ids().into_iter().filter(|&i| i != leader).collect()
 }
@@ -217,17 +230,7 @@ fn two_nodes_down_reads_go_on_and_writes_are_refused_cleanly() {
     // Reads of committed paths go on.
     check_invariants(&c, &[1], &paths);
     // A write is refused with 503, and nothing of it becomes visible.
-    let refused = {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("f");
-        std::fs::write(&f, testkit::salt()).unwrap();
-        let out = std::process::Command::new("nix-store")
-            .args(["--dump", f.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        out.stdout
-    };
+    let refused = random_nar();
     assert_eq!(put_nar(&c, 1, &refused), 503);
     let (code, report) = status(&c, 1);
     assert_eq!(code, 2, "no leader is unavailable:\n{report}");
@@ -480,4 +483,80 @@ fn a_dead_node_is_replaced_by_a_fresh_one() {
         status(&c, 4).0 == 0
     });
     check_invariants(&c, &[1, 2, 4], &paths);
+}
+
+#[test]
+fn orphans_go_after_their_grace_and_paths_keep_their_copies() {
+    let _g = serial();
+    let nix = Nix::new();
+    let paths = nix.build_fixtures(&testkit::salt(), 1);
+    let c = TestCluster::start(Options {
+        orphan_grace_secs: 2,
+        ..Options::default()
+    });
+    copy_ok(&c, &nix, 1, &paths);
+    // A NAR whose narinfo never comes: copied and registered, then an orphan.
+    let nar = random_nar();
+    assert_eq!(put_nar(&c, 2, &nar), 200);
+    let orphan = nix_formats::Hash::sha256_of(&nar).to_nix32();
+    assert!(c
+        .ids()
+        .iter()
+        .any(|&id| c.blob_files(id).iter().any(|(f, _)| *f == orphan)));
+    wait_for(
+        Duration::from_secs(30),
+        "the orphan to be deleted everywhere",
+        || {
+            c.ids()
+                .iter()
+                .all(|&id| !c.blob_files(id).iter().any(|(f, _)| *f == orphan))
+        },
+    );
+    // The path's blob, as old, stays on every node.
+    let kept = blob_name(&c, 1, &paths[0]);
+    for id in c.ids() {
+        assert!(
+            c.has_good_copy(id, &kept),
+            "node {id} lost a copy a path needs"
+        );
+    }
+    check_invariants(&c, &c.ids(), &paths);
+}
+
+#[test]
+fn a_node_dying_at_each_step_of_an_upload_leaves_nothing_half_done() {
+    let _g = serial();
+    let nix = Nix::new();
+    for step in [
+        "after-ingest",
+        "after-register",
+        "before-path",
+        "after-path",
+    ] {
+        let paths = nix.build_fixtures(&testkit::salt(), 1);
+        let mut c = TestCluster::start(Options::default());
+        // Node 2 dies when an upload through it reaches `step`.
+        c.kill(2);
+        c.launch_with(2, &[("CAIRN_FAILPOINT", step)]);
+        c.wait_healthy(2);
+        c.wait_leader(&c.ids(), Duration::from_secs(20));
+        let out = c.nix_copy(&nix, 2, &paths);
+        assert!(
+            !out.status.success(),
+            "{step}: the upload through the dying node was acknowledged"
+        );
+        wait_for(Duration::from_secs(10), "the node to die", || c.reap(2));
+        c.wait_leader(&[1, 3], Duration::from_secs(20));
+        // What the survivors show is all or nothing, and never fewer than two copies.
+        let visible = narinfo_status(&c, 1, &paths[0]) == 200;
+        assert_eq!(visible, narinfo_status(&c, 3, &paths[0]) == 200, "{step}");
+        if visible {
+            check_invariants(&c, &[1, 3], &paths);
+        }
+        // Restarted without the failpoint, the same upload goes through.
+        c.restart(2);
+        c.wait_leader(&c.ids(), Duration::from_secs(20));
+        copy_ok(&c, &nix, 2, &paths);
+        check_invariants(&c, &c.ids(), &paths);
+    }
 }

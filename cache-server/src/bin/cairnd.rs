@@ -10,7 +10,9 @@ use cache_server::serve::{tls_acceptor, Listener};
 use clap::{Args, Parser, Subcommand};
 
 /// Cairn's binary cache server: serves the local Nix store (narinfo, NARs, listings,
-/// logs) to Nix clients, signing and compressing on the fly.
+/// logs) to Nix clients, signing and compressing on the fly, and takes uploads into its
+/// own store. With a [cluster] section (or --cluster-* flags) it is one node of a
+/// Raft-replicated cluster; form the cluster with `cachectl cluster init`.
 ///
 /// With no flags and no config file it listens on [::]:5000, serves /nix/store, keeps its
 /// data in ./cairn-data and signs with a key it generates there on first start. A
@@ -159,6 +161,12 @@ struct ServeArgs {
     /// Seconds between repair passes. [default: 30]
     #[arg(long)]
     cluster_repair_interval_secs: Option<u64>,
+    /// Bytes per second of stored blobs re-hashed by the scrubber; 0 turns it off. [default: 8388608]
+    #[arg(long)]
+    cluster_scrub_bytes_per_sec: Option<u64>,
+    /// Seconds a blob no path names is kept before it is deleted. [default: 86400]
+    #[arg(long)]
+    cluster_orphan_grace_secs: Option<u64>,
 }
 
 fn parse_peer(s: &str) -> Result<cache_server::config::PeerConfig, String> {
@@ -224,7 +232,9 @@ impl ServeArgs {
             || self.cluster_heartbeat_ms.is_some()
             || self.cluster_election_timeout_ms.is_some()
             || self.cluster_snapshot_logs.is_some()
-            || self.cluster_repair_interval_secs.is_some();
+            || self.cluster_repair_interval_secs.is_some()
+            || self.cluster_scrub_bytes_per_sec.is_some()
+            || self.cluster_orphan_grace_secs.is_some();
         if any_cluster_flag {
             let c = f.cluster.get_or_insert_with(Default::default);
             macro_rules! over_c {
@@ -238,7 +248,9 @@ impl ServeArgs {
                 cluster_replicas => replicas,
                 cluster_heartbeat_ms => heartbeat_ms,
                 cluster_snapshot_logs => snapshot_logs,
-                cluster_repair_interval_secs => repair_interval_secs
+                cluster_repair_interval_secs => repair_interval_secs,
+                cluster_scrub_bytes_per_sec => scrub_bytes_per_sec,
+                cluster_orphan_grace_secs => orphan_grace_secs
             );
             if !self.cluster_peers.is_empty() {
                 c.peers = self.cluster_peers;

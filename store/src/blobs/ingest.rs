@@ -186,7 +186,14 @@ fn place(
     match staging.persist_noclobber(&dest) {
         Ok(_) => {}
         // Dropping the returned temp file removes the staging copy.
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => drop(e.file),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+            drop(e.file);
+            // The blob is wanted again: its age restarts, so a sweep of unregistered
+            // files (cluster GC) does not take it while this upload registers it.
+            if let Ok(f) = std::fs::File::options().write(true).open(&dest) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+        }
         Err(e) => return Err(BlobError::Io(e.error)),
     }
     // Also when the blob existed: a concurrent ingest may have renamed it a moment ago

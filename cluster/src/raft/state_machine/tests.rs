@@ -264,6 +264,39 @@ fn a_holder_registration_must_agree_with_the_blob_record() {
     assert_eq!(sm.state().holders(&file_hash(3)).unwrap(), vec![1]);
 }
 
+#[test]
+fn gc_never_unregisters_a_copy_a_path_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = open(dir.path(), HolderRule::default());
+    let mut log = Log::new();
+    let gc = |n: u64, node: u64| Command::UnregisterHolder {
+        file_hash: file_hash(n),
+        node,
+        only_if_unreferenced: true,
+    };
+    let entries = [
+        log.membership(&[1, 2, 3]),
+        log.cmd(register(1, 1)),
+        log.cmd(register(1, 2)),
+        log.cmd(Command::PutPath { path: path(1) }),
+        log.cmd(gc(1, 2)),
+        log.cmd(register(2, 1)),
+        log.cmd(gc(2, 1)),
+    ];
+    let out = apply(&sm, &entries);
+    assert!(matches!(out[4], Err(Rejection::StillReferenced { .. })));
+    assert_eq!(sm.state().holders(&file_hash(1)).unwrap(), vec![1, 2]);
+    // An unreferenced blob's last copy goes, and the blob with it.
+    assert_eq!(
+        out[6],
+        Ok(Applied::HolderUnregistered {
+            holders: 0,
+            blob_forgotten: true
+        })
+    );
+    assert_eq!(sm.state().blob(&file_hash(2)).unwrap(), None);
+}
+
 /// A mixed workload touching every command.
 fn workload(log: &mut Log) -> Vec<Entry> {
     let mut retention = RetentionSettings {
@@ -281,11 +314,13 @@ fn workload(log: &mut Log) -> Vec<Entry> {
     v.push(log.cmd(Command::UnregisterHolder {
         file_hash: file_hash(0),
         node: 2,
+        only_if_unreferenced: false,
     }));
     v.push(log.cmd(register(9, 3)));
     v.push(log.cmd(Command::UnregisterHolder {
         file_hash: file_hash(9),
         node: 3,
+        only_if_unreferenced: true,
     }));
     v.push(log.cmd(Command::PutToken { token: token(1) }));
     v.push(log.cmd(Command::PutToken { token: token(2) }));

@@ -1,0 +1,488 @@
+//! The cluster figures (issue 4): three `cairnd` nodes on loopback with their default
+//! Raft timing, against one standalone `cairnd`, on the same corpus:
+//!
+//! - upload throughput: `cachectl push` of the corpus closure into node 1 of a fresh
+//!   cluster vs into a fresh standalone cairnd (target: cluster ≥ 0.6× single);
+//! - replication: from the start of that push until every blob has three copies;
+//! - narinfo hits and misses (wrk) on a follower vs on the leader (targets ≥ 0.9× and
+//!   ≥ 0.7×);
+//! - failover: SIGKILL of the leader until the next acknowledged upload on a survivor
+//!   (a NAR PUT answered 200, which needs two copies registered through Raft; target
+//!   ≤ 5 s).
+//!
+//! The section goes into RESULTS.md between the markers [`BEGIN`] and [`END`], replacing
+//! an earlier one, so `--cluster-only` refreshes it without rerunning the rest.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use rustix::process::{kill_process, Pid, Signal};
+
+use crate::procs::{free_port, Kind, Server};
+use crate::wrk::{self, RateSample, Workload, WrkConfig};
+
+pub const BEGIN: &str = "<!-- cluster:begin -->";
+pub const END: &str = "<!-- cluster:end -->";
+const ADMIN: &str = "cairn_bench_admin_token_0123456789abcdef";
+const PUSH: &str = "cairn_bench_push_token_0123456789abcdef";
+const SECRET: &str = "cairn-bench-cluster-secret-0123456789abcdef";
+
+pub struct Ctx<'a> {
+    pub cairnd: &'a Path,
+    pub cachectl: &'a Path,
+    pub key: &'a Path,
+    pub run_dir: &'a Path,
+    pub pid_file: &'a Path,
+    pub root: &'a str,
+    pub reps: usize,
+    pub wrk: &'a WrkConfig,
+    pub script: &'a Path,
+    pub hits: &'a Workload,
+    pub misses: &'a Workload,
+}
+
+#[derive(Default)]
+pub struct ClusterResults {
+    pub push_single: Vec<f64>,
+    pub push_cluster: Vec<f64>,
+    pub replicated: Vec<f64>,
+    pub stored_bytes: u64,
+    pub hits_leader: Vec<RateSample>,
+    pub hits_follower: Vec<RateSample>,
+    pub misses_leader: Vec<RateSample>,
+    pub misses_follower: Vec<RateSample>,
+    pub failover: Vec<f64>,
+}
+
+fn step(msg: impl AsRef<str>) {
+    eprintln!("cairn-bench: {}", msg.as_ref());
+}
+
+fn private_file(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, format!("{text}\n"))?;
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(())
+}
+
+/// One node's ports and files.
+struct NodeSpec {
+    id: u64,
+    port: u16,
+    cluster_port: u16,
+    config: PathBuf,
+}
+
+/// Writes the configs of a fresh `n`-node cluster (`n == 0`: one standalone node).
+fn write_configs(ctx: &Ctx<'_>, tag: &str, n: u64) -> Result<Vec<NodeSpec>> {
+    let dir = ctx.run_dir.join(format!("cluster-{tag}"));
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    let (admin, push, secret) = (dir.join("admin"), dir.join("push"), dir.join("secret"));
+    private_file(&admin, ADMIN)?;
+    private_file(&push, PUSH)?;
+    private_file(&secret, SECRET)?;
+    let count = n.max(1);
+    let mut specs = Vec::new();
+    for id in 1..=count {
+        specs.push(NodeSpec {
+            id,
+            port: free_port()?,
+            cluster_port: free_port()?,
+            config: dir.join(format!("node-{id}.toml")),
+        });
+    }
+    for s in &specs {
+        let mut text = format!(
+            "bind = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\nsign_key_paths = [\"{key}\"]\n\
+             serve_local_store = false\n\n[[tokens]]\nname = \"admin\"\nsecret_file = \"{admin}\"\n\
+             scopes = [\"admin\"]\n\n[[tokens]]\nname = \"bench\"\nsecret_file = \"{push}\"\n\
+             scopes = [\"push\"]\n",
+            port = s.port,
+            data = dir.join(format!("data-{}", s.id)).display(),
+            key = ctx.key.display(),
+            admin = admin.display(),
+            push = push.display(),
+        );
+        if n > 0 {
+            write!(
+                text,
+                "\n[cluster]\nnode_id = {}\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\n\
+                 repair_interval_secs = 5\n",
+                s.id,
+                s.cluster_port,
+                secret.display()
+            )?;
+            for p in specs.iter().filter(|p| p.id != s.id) {
+                write!(
+                    text,
+                    "\n[[cluster.peers]]\nnode_id = {}\naddr = \"127.0.0.1:{}\"\n",
+                    p.id, p.cluster_port
+                )?;
+            }
+        }
+        fs::write(&s.config, text)?;
+    }
+    Ok(specs)
+}
+
+async fn start(ctx: &Ctx<'_>, tag: &str, s: &NodeSpec) -> Result<Server> {
+    let mut cmd = Command::new(ctx.cairnd);
+    cmd.arg("--config")
+        .arg(&s.config)
+        .env_remove("CONFIG_FILE")
+        .env_remove("SIGN_KEY_PATHS")
+        .env_remove("SIGN_KEY_PATH")
+        .env_remove("NIX_STORE_DIR")
+        .env("RUST_LOG", "info,openraft=warn")
+        .env("NO_COLOR", "1");
+    let log = ctx.run_dir.join(format!("cairnd-{tag}-{}.log", s.id));
+    Server::start(
+        &format!("cairnd ({tag} node {})", s.id),
+        Kind::Cairnd,
+        cmd,
+        s.port,
+        &log,
+        ctx.pid_file,
+    )
+    .await
+}
+
+async fn status(client: &reqwest::Client, base: &str) -> Result<serde_json::Value> {
+    let text = client
+        .get(format!("{base}/api/v1/status"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?
+        .text()
+        .await?;
+    serde_json::from_str(&text).context("status JSON")
+}
+
+/// Polls `cond` on node `base`'s status every 50 ms, up to `limit`.
+async fn wait_status(
+    client: &reqwest::Client,
+    base: &str,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let t = Instant::now();
+    loop {
+        if let Ok(v) = status(client, base).await {
+            if cond(&v) {
+                return Ok(v);
+            }
+        }
+        if t.elapsed() > limit {
+            bail!("timed out waiting for {what} on {base}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn all_up(v: &serde_json::Value) -> bool {
+    !v["leader"].is_null()
+        && v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3 && n.iter().all(|x| x["reachable"] == true))
+}
+
+/// Starts a fresh three-node cluster and forms it.
+async fn cluster(
+    ctx: &Ctx<'_>,
+    client: &reqwest::Client,
+    tag: &str,
+) -> Result<(Vec<NodeSpec>, Vec<Option<Server>>)> {
+    let specs = write_configs(ctx, tag, 3)?;
+    let mut servers = Vec::new();
+    for s in &specs {
+        servers.push(Some(start(ctx, tag, s).await?));
+    }
+    let base = servers[0].as_ref().expect("started").base_url.clone();
+    let st = client
+        .post(format!("{base}/api/v1/cluster/init"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?
+        .status();
+    ensure!(st.is_success(), "cluster init answered {st}");
+    wait_status(
+        client,
+        &base,
+        Duration::from_secs(30),
+        "a formed cluster",
+        all_up,
+    )
+    .await?;
+    Ok((specs, servers))
+}
+
+fn push(ctx: &Ctx<'_>, base: &str, token: &Path) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new(ctx.cachectl)
+        .args(["push", "--cache", base, "--token-file"])
+        .arg(token)
+        .arg("--json")
+        .arg(ctx.root)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cachectl push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// A small valid NAR (one regular file with random contents).
+fn small_nar() -> Result<Vec<u8>> {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-nar-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let f = dir.join("f");
+    fs::write(&f, format!("{:032x}", rand_u128()))?;
+    let mut nar = Vec::new();
+    nix_formats::nar::dump_path(&f, &mut nar).map_err(|e| anyhow::anyhow!("{e}"))?;
+    fs::remove_dir_all(&dir)?;
+    Ok(nar)
+}
+
+fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    let _ =
+        fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u128::from_le_bytes(b)
+}
+
+async fn put_nar(client: &reqwest::Client, base: &str, nar: &[u8]) -> Result<u16> {
+    let fh = nix_formats::Hash::sha256_of(nar).to_nix32();
+    Ok(client
+        .put(format!("{base}/nar/{fh}.nar"))
+        .bearer_auth(PUSH)
+        .timeout(Duration::from_secs(30))
+        .body(nar.to_vec())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+pub async fn run(ctx: &Ctx<'_>) -> Result<ClusterResults> {
+    let client = crate::narpass::client()?;
+    let mut r = ClusterResults::default();
+    for rep in 1..=ctx.reps {
+        // Upload throughput: standalone, then a fresh cluster.
+        let single = write_configs(ctx, &format!("single-{rep}"), 0)?;
+        let mut one = start(ctx, &format!("single-{rep}"), &single[0]).await?;
+        let token = single[0].config.with_file_name("push");
+        step(format!(
+            "cluster bench {rep}/{}: cachectl push into one node",
+            ctx.reps
+        ));
+        let s = push(ctx, &one.base_url, &token)?;
+        one.check_alive()?;
+        step(format!("  {s:.1} s"));
+        r.push_single.push(s);
+        one.stop();
+
+        let tag = format!("three-{rep}");
+        let (specs, mut servers) = cluster(ctx, &client, &tag).await?;
+        let base1 = servers[0].as_ref().expect("running").base_url.clone();
+        step(format!(
+            "cluster bench {rep}/{}: cachectl push into node 1 of three",
+            ctx.reps
+        ));
+        let t = Instant::now();
+        let s = push(ctx, &base1, &specs[0].config.with_file_name("push"))?;
+        step(format!("  {s:.1} s"));
+        r.push_cluster.push(s);
+        let v = wait_status(
+            &client,
+            &base1,
+            Duration::from_secs(600),
+            "three copies",
+            |v| v["under_replicated_blobs"] == 0 && v["paths"].as_u64().unwrap_or(0) > 0,
+        )
+        .await?;
+        let rs = t.elapsed().as_secs_f64();
+        r.stored_bytes = v["stored_bytes"].as_u64().unwrap_or(0);
+        step(format!("  three copies of every blob after {rs:.1} s"));
+        r.replicated.push(rs);
+
+        // narinfo rates on the leader and on a follower.
+        let leader = v["leader"].as_u64().context("a leader")? as usize;
+        let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+        for (load, on_leader, on_follower) in [
+            (ctx.hits, &mut r.hits_leader, &mut r.hits_follower),
+            (ctx.misses, &mut r.misses_leader, &mut r.misses_follower),
+        ] {
+            step(format!("  {}s on the leader (node {leader})", load.name));
+            let l = wrk::run(
+                ctx.wrk,
+                ctx.script,
+                servers[leader - 1].as_mut().expect("running"),
+                load,
+            )
+            .await?;
+            step(format!("  {}s on a follower (node {follower})", load.name));
+            let f = wrk::run(
+                ctx.wrk,
+                ctx.script,
+                servers[follower - 1].as_mut().expect("running"),
+                load,
+            )
+            .await?;
+            step(format!(
+                "    leader {:.0}/s, follower {:.0}/s",
+                l.per_second, f.per_second
+            ));
+            on_leader.push(l);
+            on_follower.push(f);
+        }
+
+        // Failover: SIGKILL the leader, then upload to a survivor until one is taken.
+        let victim = servers[leader - 1].take().expect("running");
+        let nar = small_nar()?;
+        let survivor = servers[follower - 1]
+            .as_ref()
+            .expect("running")
+            .base_url
+            .clone();
+        step(format!("  SIGKILL of the leader (node {leader})"));
+        kill_process(
+            Pid::from_raw(victim.pid() as i32).context("pid")?,
+            Signal::KILL,
+        )?;
+        let t = Instant::now();
+        loop {
+            if put_nar(&client, &survivor, &nar).await.unwrap_or(0) == 200 {
+                break;
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "no upload taken within 60 s of the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let f = t.elapsed().as_secs_f64();
+        step(format!("    next acknowledged upload after {f:.2} s"));
+        r.failover.push(f);
+        drop(victim);
+        for s in servers.into_iter().flatten() {
+            s.stop();
+        }
+    }
+    Ok(r)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+fn rates(v: &[RateSample]) -> Vec<f64> {
+    v.iter().map(|s| s.per_second).collect()
+}
+
+fn list(v: &[f64], digits: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The RESULTS.md section, markers included.
+pub fn render(r: &ClusterResults) -> String {
+    let mut w = String::new();
+    let ok = |b: bool| if b { "✔" } else { "✘" };
+    let push_ratio = median(&r.push_single) / median(&r.push_cluster);
+    let repl = median(&r.replicated);
+    let hits = median(&rates(&r.hits_follower)) / median(&rates(&r.hits_leader));
+    let misses = median(&rates(&r.misses_follower)) / median(&rates(&r.misses_leader));
+    let failover = median(&r.failover);
+    let _ = writeln!(w, "{BEGIN}\n## Cluster (issue 4)\n");
+    let _ = writeln!(
+        w,
+        "Three `cairnd` nodes on loopback (default Raft timing: heartbeat 250 ms, elections \
+         1.5–3 s) beside one standalone `cairnd`, same machine, same corpus; medians of {} \
+         runs, every run listed.\n",
+        r.push_single.len()
+    );
+    let _ = writeln!(w, "| measure | result | target | |\n|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| upload throughput, cluster vs single (`cachectl push` of the closure) | {:.2}× ({:.1} s vs {:.1} s) | ≥ 0.6× | {} |",
+        push_ratio,
+        median(&r.push_cluster),
+        median(&r.push_single),
+        ok(push_ratio >= 0.6)
+    );
+    let _ = writeln!(
+        w,
+        "| replication: push start → every blob on 3 nodes | {:.1} s ({:.0} MB/s of stored bytes, {:.0} MB) | — | |",
+        repl,
+        r.stored_bytes as f64 / 1e6 / repl,
+        r.stored_bytes as f64 / 1e6
+    );
+    let _ = writeln!(
+        w,
+        "| narinfo hits, follower vs leader | {:.2}× ({:.0}/s vs {:.0}/s) | ≥ 0.9× | {} |",
+        hits,
+        median(&rates(&r.hits_follower)),
+        median(&rates(&r.hits_leader)),
+        ok(hits >= 0.9)
+    );
+    let _ = writeln!(
+        w,
+        "| narinfo misses, follower vs leader | {:.2}× ({:.0}/s vs {:.0}/s) | ≥ 0.7× | {} |",
+        misses,
+        median(&rates(&r.misses_follower)),
+        median(&rates(&r.misses_leader)),
+        ok(misses >= 0.7)
+    );
+    let _ = writeln!(
+        w,
+        "| failover: leader SIGKILL → next acknowledged upload | {failover:.2} s | ≤ 5 s | {} |",
+        ok(failover <= 5.0)
+    );
+    let _ = writeln!(w, "\nRuns: push single {} s; push cluster {} s; to three copies {} s; hits leader {} /s, follower {} /s; misses leader {} /s, follower {} /s; failover {} s.",
+        list(&r.push_single, 1),
+        list(&r.push_cluster, 1),
+        list(&r.replicated, 1),
+        list(&rates(&r.hits_leader), 0),
+        list(&rates(&r.hits_follower), 0),
+        list(&rates(&r.misses_leader), 0),
+        list(&rates(&r.misses_follower), 0),
+        list(&r.failover, 2),
+    );
+    let _ = writeln!(w, "{END}");
+    w
+}
+
+/// Puts `section` into the report at `path`, replacing an earlier cluster section.
+pub fn splice(path: &Path, section: &str) -> Result<()> {
+    let old = fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if b > a => {
+            format!(
+                "{}{}{}",
+                &old[..a],
+                section.trim_end(),
+                &old[b + END.len()..]
+            )
+        }
+        _ => format!("{}\n{section}", old.trim_end()),
+    };
+    fs::write(path, new)?;
+    Ok(())
+}
