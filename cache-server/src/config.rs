@@ -198,7 +198,7 @@ pub struct ClusterFileConfig {
     pub replicas: Option<usize>,
     /// Raft heartbeat interval in milliseconds. Default 250.
     pub heartbeat_ms: Option<u64>,
-    /// Raft election timeout range in milliseconds. Default [1500, 3000].
+    /// Raft election timeout range in milliseconds. Default [1000, 2000].
     pub election_timeout_ms: Option<[u64; 2]>,
     /// Log entries between snapshots. Default 10000.
     pub snapshot_logs: Option<u64>,
@@ -259,7 +259,7 @@ impl ClusterConfig {
             }
         }
         let heartbeat_ms = f.heartbeat_ms.unwrap_or(250);
-        let [emin, emax] = f.election_timeout_ms.unwrap_or([1500, 3000]);
+        let [emin, emax] = f.election_timeout_ms.unwrap_or([1000, 2000]);
         if heartbeat_ms == 0 || emin < 3 * heartbeat_ms || emax <= emin {
             return Err(bad(
                 "election_timeout_ms must be [min, max] with max > min >= 3 * heartbeat_ms",

@@ -57,7 +57,7 @@ impl NodeConfig {
             secret,
             rule: HolderRule::default(),
             heartbeat_ms: 250,
-            election_timeout_ms: (1500, 3000),
+            election_timeout_ms: (1000, 2000),
             snapshot_logs: 10_000,
             write_timeout: Duration::from_secs(10),
         }

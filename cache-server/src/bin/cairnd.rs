@@ -152,7 +152,7 @@ struct ServeArgs {
     /// Raft heartbeat interval in ms. [default: 250]
     #[arg(long)]
     cluster_heartbeat_ms: Option<u64>,
-    /// Raft election timeout range in ms, MIN,MAX. [default: 1500,3000]
+    /// Raft election timeout range in ms, MIN,MAX. [default: 1000,2000]
     #[arg(long, value_delimiter = ',', num_args = 2)]
     cluster_election_timeout_ms: Option<Vec<u64>>,
     /// Raft log entries between snapshots. [default: 10000]
