@@ -23,27 +23,14 @@ use anyhow::{bail, ensure, Context, Result};
 use rustix::process::{kill_process, Pid, Signal};
 
 use crate::procs::{free_port, Kind, Server};
-use crate::wrk::{self, RateSample, Workload, WrkConfig};
+use crate::uploads::Ctx;
+use crate::wrk::{self, RateSample, Workload};
 
 pub const BEGIN: &str = "<!-- cluster:begin -->";
 pub const END: &str = "<!-- cluster:end -->";
 const ADMIN: &str = "cairn_bench_admin_token_0123456789abcdef";
 const PUSH: &str = "cairn_bench_push_token_0123456789abcdef";
 const SECRET: &str = "cairn-bench-cluster-secret-0123456789abcdef";
-
-pub struct Ctx<'a> {
-    pub cairnd: &'a Path,
-    pub cachectl: &'a Path,
-    pub key: &'a Path,
-    pub run_dir: &'a Path,
-    pub pid_file: &'a Path,
-    pub root: &'a str,
-    pub reps: usize,
-    pub wrk: &'a WrkConfig,
-    pub script: &'a Path,
-    pub hits: &'a Workload,
-    pub misses: &'a Workload,
-}
 
 #[derive(Default)]
 pub struct ClusterResults {
@@ -273,7 +260,8 @@ async fn put_nar(client: &reqwest::Client, base: &str, nar: &[u8]) -> Result<u16
         .as_u16())
 }
 
-pub async fn run(ctx: &Ctx<'_>) -> Result<ClusterResults> {
+/// Runs the cluster measurements with the upload side's context and the miss workload.
+pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
     let client = crate::narpass::client()?;
     let mut r = ClusterResults::default();
     for rep in 1..=ctx.reps {
@@ -320,7 +308,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ClusterResults> {
         let follower = (1..=3).find(|&i| i != leader).expect("a follower");
         for (load, on_leader, on_follower) in [
             (ctx.hits, &mut r.hits_leader, &mut r.hits_follower),
-            (ctx.misses, &mut r.misses_leader, &mut r.misses_follower),
+            (misses, &mut r.misses_leader, &mut r.misses_follower),
         ] {
             step(format!("  {}s on the leader (node {leader})", load.name));
             let l = wrk::run(

@@ -248,21 +248,24 @@ async fn bench(args: Args) -> Result<()> {
         duration: Duration::from_secs(args.duration),
     };
     let cachectl_bin = absolute(&args.cachectl)?;
-    let cluster_ctx = cluster::Ctx {
+    // What the upload side and the cluster measurements start cairnd and cachectl with.
+    let ctx = uploads::Ctx {
         cairnd: &cairnd_bin,
         cachectl: &cachectl_bin,
         key: &key,
         run_dir: &run_dir,
         pid_file: &pid_file,
+        conf_dir: &conf_dir,
         root: &args.root,
+        hashes: &hashes,
         reps: args.reps,
+        parallel: args.parallel,
         wrk: &wrk_cfg,
         script: &script,
         hits: &hits_load,
-        misses: &misses_load,
     };
     if args.cluster_only {
-        let r = cluster::run(&cluster_ctx).await?;
+        let r = cluster::run(&ctx, &misses_load).await?;
         cluster::splice(&args.results, &cluster::render(&r))?;
         step(format!(
             "wrote the cluster section of {}",
@@ -382,21 +385,6 @@ async fn bench(args: Args) -> Result<()> {
     let uploads = if args.no_uploads {
         None
     } else {
-        let ctx = uploads::Ctx {
-            cairnd: &cairnd_bin,
-            cachectl: &cachectl_bin,
-            key: &key,
-            run_dir: &run_dir,
-            pid_file: &pid_file,
-            conf_dir: &conf_dir,
-            root: &args.root,
-            hashes: &hashes,
-            reps: args.reps,
-            parallel: args.parallel,
-            wrk: &wrk_cfg,
-            script: &script,
-            hits: &hits_load,
-        };
         Some(uploads::run(&ctx, &mut nginx).await?)
     };
     nginx.stop();
@@ -439,7 +427,7 @@ async fn bench(args: Args) -> Result<()> {
     fs::write(&args.results, &text)
         .with_context(|| format!("writing {}", args.results.display()))?;
     if args.cluster {
-        let r = cluster::run(&cluster_ctx).await?;
+        let r = cluster::run(&ctx, &misses_load).await?;
         cluster::splice(&args.results, &cluster::render(&r))?;
     } else if let Some(section) = old_cluster {
         cluster::splice(&args.results, &section)?;

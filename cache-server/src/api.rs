@@ -242,23 +242,15 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
 }
 
-/// The replica target in force: `replicas`, capped by the number of members.
-fn replica_target(s: &AppState, node: &cluster::Node) -> u64 {
-    let want = s.config.cluster.as_ref().map(|c| c.replicas).unwrap_or(3);
-    want.min(node.members().len().max(1)) as u64
-}
-
 /// Blob counts of a cluster node's state: (held here, below target and not here,
 /// below target anywhere).
-fn blob_counts(node: &cluster::Node, target: u64) -> Result<(u64, u64, u64), ServerError> {
+fn blob_counts(node: &cluster::Node, target: usize) -> Result<(u64, u64, u64), ServerError> {
     let me = node.id();
     let members: Vec<u64> = node.members().iter().map(|m| m.node_id).collect();
     let (mut held, mut missing, mut under) = (0, 0, 0);
     node.state().for_each_blob(|e| {
         let here = e.holders.contains_key(&me);
-        let copies = e.holders.keys().filter(|h| members.contains(h)).count();
-        // Orphans (no path names them) are on their way out: not under-replicated.
-        let short = e.refcount > 0 && (copies as u64) < target;
+        let short = e.under_replicated(&members, target);
         held += u64::from(here);
         missing += u64::from(short && !here);
         under += u64::from(short);
@@ -269,13 +261,20 @@ fn blob_counts(node: &cluster::Node, target: u64) -> Result<(u64, u64, u64), Ser
 
 /// This node's own line of the status report.
 pub async fn local_node_status(s: &Shared) -> Result<NodeStatus, ServerError> {
+    Ok(local_report(s).await?.0)
+}
+
+/// This node's line, and (on a cluster node) how many blobs are below their replica
+/// target cluster-wide, from the same walk over the blob records.
+async fn local_report(s: &Shared) -> Result<(NodeStatus, u64), ServerError> {
     let state = s.clone();
-    tokio::task::spawn_blocking(move || -> Result<NodeStatus, ServerError> {
+    tokio::task::spawn_blocking(move || -> Result<(NodeStatus, u64), ServerError> {
         let (total, free) = state
             .blobs
             .disk_usage()
             .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
         let mut n = NodeStatus::blank(1, total, free, state.started.elapsed().as_secs());
+        let mut under = 0;
         match state.catalog.node() {
             None => n.blobs_held = state.catalog.blob_stats()?.0,
             Some(node) => {
@@ -289,12 +288,14 @@ pub async fn local_node_status(s: &Shared) -> Result<NodeStatus, ServerError> {
                 n.term = Some(m.current_term);
                 n.last_log_index = m.last_log_index;
                 n.applied_index = m.last_applied.map(|l| l.index);
-                let (held, missing, _) = blob_counts(node, replica_target(&state, node))?;
+                let target = crate::replication::replica_target(&state, node.members().len());
+                let (held, missing, short) = blob_counts(node, target)?;
                 n.blobs_held = held;
                 n.blobs_missing = missing;
+                under = short;
             }
         }
-        Ok(n)
+        Ok((n, under))
     })
     .await?
 }
@@ -303,7 +304,7 @@ pub async fn local_node_status(s: &Shared) -> Result<NodeStatus, ServerError> {
 /// cluster node it asks every member for its line (2 s each, at once).
 pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Read)?;
-    let local = local_node_status(&s).await?;
+    let (local, under) = local_report(&s).await?;
     let Some(node) = s.catalog.node().cloned() else {
         let (paths, (_, stored_bytes)) = (s.catalog.path_count()?, s.catalog.blob_stats()?);
         return Ok(Json(Status {
@@ -357,17 +358,12 @@ pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Respo
             n.replication_lag = leader_log.map(|l| l.saturating_sub(n.applied_index.unwrap_or(0)));
         }
     }
-    let target = replica_target(&s, &node);
+    let target = crate::replication::replica_target(&s, members.len());
     let st = s.clone();
-    let n2 = node.clone();
-    let (paths, stored_bytes, under) =
-        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-            let paths = st.catalog.path_count()?;
-            let (_, bytes) = st.catalog.blob_stats()?;
-            let (_, _, under) = blob_counts(&n2, target)?;
-            Ok((paths, bytes, under))
-        })
-        .await??;
+    let (paths, stored_bytes) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        Ok((st.catalog.path_count()?, st.catalog.blob_stats()?.1))
+    })
+    .await??;
     Ok(Json(Status {
         leader,
         voters: members
@@ -383,7 +379,7 @@ pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Respo
         paths,
         stored_bytes,
         under_replicated_blobs: under,
-        replicas_target: target,
+        replicas_target: target as u64,
         upload_sessions: s.sessions.len(),
         nodes,
     })

@@ -95,8 +95,12 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn raft_failure(e: impl std::fmt::Display) -> Response {
-    refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+/// A Raft RPC's answer as JSON, or its error as a 500 with the reason.
+fn raft_answer<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 async fn append(
@@ -104,10 +108,7 @@ async fn append(
     Json(req): Json<AppendRequest>,
 ) -> Result<Response, ServerError> {
     let node = node_of(&s)?;
-    Ok(match node.raft().append_entries(req).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => raft_failure(e),
-    })
+    Ok(raft_answer(node.raft().append_entries(req).await))
 }
 
 async fn vote(
@@ -115,10 +116,7 @@ async fn vote(
     Json(req): Json<VoteRequest>,
 ) -> Result<Response, ServerError> {
     let node = node_of(&s)?;
-    Ok(match node.raft().vote(req).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => raft_failure(e),
-    })
+    Ok(raft_answer(node.raft().vote(req).await))
 }
 
 async fn pre_vote(
@@ -126,10 +124,7 @@ async fn pre_vote(
     Json(req): Json<VoteRequest>,
 ) -> Result<Response, ServerError> {
     let node = node_of(&s)?;
-    Ok(match node.raft().pre_vote(req).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => raft_failure(e),
-    })
+    Ok(raft_answer(node.raft().pre_vote(req).await))
 }
 
 /// Receives a snapshot: its head line, then its bytes into an unnamed file in the
@@ -156,12 +151,9 @@ async fn snapshot(State(s): State<Shared>, body: Body) -> Result<Response, Serve
         meta: head.meta,
         snapshot: SnapshotFile::from_file(file),
     };
-    Ok(
-        match node.raft().install_full_snapshot(head.vote, snap).await {
-            Ok(r) => Json(r).into_response(),
-            Err(e) => raft_failure(e),
-        },
-    )
+    Ok(raft_answer(
+        node.raft().install_full_snapshot(head.vote, snap).await,
+    ))
 }
 
 /// A write forwarded by another node: committed here if this node leads.

@@ -13,42 +13,40 @@
 //! Repair: every `repair_interval_secs`, each node fetches the blobs that have fewer
 //! copies than `replicas` and that it does not hold, one at a time.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
 use nix_formats::Hash;
 use reqwest::Method;
 use store::blobs::ExpectedNar;
-use store::meta::{BlobRecord, PathRecord, TokenRecord};
+use store::meta::{BlobRecord, CacheDb, MetaError, PathRecord, TokenRecord};
 
-use cluster::command::{Command, NodeId, Rejection};
+use cluster::command::{BlobEntry, Command, NodeId, Rejection};
 use cluster::{Member, Node, WriteError};
 
+use crate::auth::now;
+use crate::catalog::Catalog;
+use crate::config::ClusterConfig;
 use crate::error::ServerError;
 use crate::state::{AppState, Shared};
-use crate::upload::with_body_reader;
+use crate::upload::{blob_error, with_body_reader};
 
 /// Headers of a blob copy (`PUT /internal/v1/blobs/<filehash>`).
 pub const HEADER_COMPRESSION: &str = "cairn-compression";
 pub const HEADER_NAR_HASH: &str = "cairn-nar-hash";
 pub const HEADER_NAR_SIZE: &str = "cairn-nar-size";
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The crash tests' hook: with `CAIRN_FAILPOINT=<step>` in its environment, a node
 /// dies on the spot (as under SIGKILL: no unwinding, no clean-up) when an upload reaches
 /// that step: `after-ingest` (the blob is on this disk, nothing registered),
 /// `after-register` (enough copies registered, the NAR not yet answered), `before-path`
 /// (the narinfo verified, not yet proposed), `after-path` (committed, not yet answered).
-/// Unset (always, outside tests), it costs one environment lookup per upload step.
+/// Read once; unset (always, outside tests), it costs a comparison per upload step.
 fn failpoint(step: &str) {
-    if std::env::var("CAIRN_FAILPOINT").is_ok_and(|v| v == step) {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("CAIRN_FAILPOINT").ok());
+    if armed.as_deref() == Some(step) {
         eprintln!("CAIRN_FAILPOINT={step}: dying here");
         std::process::abort();
     }
@@ -59,6 +57,73 @@ fn unavailable(e: WriteError) -> ServerError {
         WriteError::Refused(m) => ServerError::Conflict(m),
         other => ServerError::Unavailable(other.to_string()),
     }
+}
+
+/// Runs `f` on a standalone cache's database, on the blocking pool (a durable redb
+/// commit waits for its fsync). Called only where the catalog is known to be local.
+async fn with_local_db<T: Send + 'static>(
+    s: &Shared,
+    f: impl FnOnce(&CacheDb) -> Result<T, MetaError> + Send + 'static,
+) -> Result<T, ServerError> {
+    let st = s.clone();
+    tokio::task::spawn_blocking(move || match &st.catalog {
+        Catalog::Local(db) => Ok(f(db)?),
+        Catalog::Cluster(_) => unreachable!("the standalone path of a cluster node"),
+    })
+    .await?
+}
+
+/// The file hashes of the blob entries `pick` takes, walked on the blocking pool in
+/// file hash order. `pick` answers (take this one, go on).
+async fn select_blobs(
+    node: &Node,
+    mut pick: impl FnMut(&BlobEntry) -> (bool, bool) + Send + 'static,
+) -> Result<Vec<Hash>, ServerError> {
+    let st = node.state().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        st.for_each_blob(|e| {
+            let (take, go_on) = pick(&e);
+            if take {
+                out.push(e.blob.file_hash);
+            }
+            go_on
+        })
+        .map(|()| out)
+    })
+    .await?
+    .map_err(ServerError::from)
+}
+
+/// The copies of every blob repair keeps: `replicas`, capped by the number of members.
+pub fn replica_target(s: &AppState, members: usize) -> usize {
+    let want = s.config.cluster.as_ref().map(|c| c.replicas).unwrap_or(3);
+    want.min(members.max(1))
+}
+
+/// Registers this node as a holder of `blob` through Raft.
+async fn register_self(node: &Node, blob: BlobRecord) -> Result<(), ServerError> {
+    let cmd = Command::RegisterHolder {
+        blob,
+        node: node.id(),
+        at: now(),
+    };
+    node.write(cmd)
+        .await
+        .map_err(unavailable)?
+        .map(|_| ())
+        .map_err(rejected)
+}
+
+/// Deletes this node's file of the blob and any copy of it held in memory.
+fn drop_local_copy(s: &AppState, file_hash: &Hash) -> Result<(), ServerError> {
+    s.variants.forget(&blob_memory_key(file_hash));
+    s.blobs.remove(file_hash).map_err(blob_error)
+}
+
+/// The variant cache key under which a small stored blob is held in memory.
+pub fn blob_memory_key(file_hash: &Hash) -> String {
+    format!("blob-{}", file_hash.to_nix32())
 }
 
 fn rejected(r: Rejection) -> ServerError {
@@ -72,20 +137,9 @@ fn rejected(r: Rejection) -> ServerError {
 /// copied to the peers and registered with its holders (cluster). On a cluster, fails
 /// with 503 when fewer nodes than a path needs hold a verified copy.
 pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError> {
-    let node = match s.catalog.node() {
-        None => {
-            let st = s.clone();
-            let rec = rec.clone();
-            return tokio::task::spawn_blocking(move || {
-                match &st.catalog {
-                    crate::catalog::Catalog::Local(db) => db.put_blob(&rec)?,
-                    crate::catalog::Catalog::Cluster(_) => unreachable!(),
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        Some(n) => n.clone(),
+    let Some(node) = s.catalog.node().cloned() else {
+        let rec = rec.clone();
+        return with_local_db(s, move |db| db.put_blob(&rec)).await;
     };
     failpoint("after-ingest");
     let me = node.id();
@@ -169,15 +223,8 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
 pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError> {
     match s.catalog.node() {
         None => {
-            let st = s.clone();
             let rec = rec.clone();
-            tokio::task::spawn_blocking(move || {
-                if let crate::catalog::Catalog::Local(db) = &st.catalog {
-                    db.put_path(&rec)?;
-                }
-                Ok(())
-            })
-            .await?
+            with_local_db(s, move |db| db.put_path(&rec)).await
         }
         Some(node) => {
             failpoint("before-path");
@@ -201,15 +248,8 @@ pub async fn commit_blob_and_path(
 ) -> Result<(), ServerError> {
     match s.catalog.node() {
         None => {
-            let st = s.clone();
             let (blob, path) = (blob.clone(), path.clone());
-            tokio::task::spawn_blocking(move || {
-                if let crate::catalog::Catalog::Local(db) = &st.catalog {
-                    db.put_blob_and_path(&blob, &path)?;
-                }
-                Ok(())
-            })
-            .await?
+            with_local_db(s, move |db| db.put_blob_and_path(&blob, &path)).await
         }
         Some(_) => {
             commit_blob(s, blob).await?;
@@ -221,16 +261,7 @@ pub async fn commit_blob_and_path(
 /// Stores a token (standalone: the database; cluster: through Raft).
 pub async fn put_token(s: &Shared, rec: TokenRecord) -> Result<(), ServerError> {
     match s.catalog.node() {
-        None => {
-            let st = s.clone();
-            tokio::task::spawn_blocking(move || {
-                if let crate::catalog::Catalog::Local(db) = &st.catalog {
-                    db.put_token(&rec)?;
-                }
-                Ok(())
-            })
-            .await?
-        }
+        None => with_local_db(s, move |db| db.put_token(&rec)).await,
         Some(node) => node
             .write(Command::PutToken { token: rec })
             .await
@@ -243,14 +274,7 @@ pub async fn put_token(s: &Shared, rec: TokenRecord) -> Result<(), ServerError> 
 /// Revokes a token; false when no token has that id.
 pub async fn revoke_token(s: &Shared, id: String) -> Result<bool, ServerError> {
     match s.catalog.node() {
-        None => {
-            let st = s.clone();
-            tokio::task::spawn_blocking(move || match &st.catalog {
-                crate::catalog::Catalog::Local(db) => Ok(db.revoke_token(&id)?),
-                crate::catalog::Catalog::Cluster(_) => Ok(false),
-            })
-            .await?
-        }
+        None => with_local_db(s, move |db| db.revoke_token(&id)).await,
         Some(node) => {
             match node
                 .write(Command::RevokeToken { id })
@@ -325,12 +349,7 @@ pub async fn ensure_local(s: &Shared, file_hash: &Hash) -> Result<(), ServerErro
                 let node = node.clone();
                 let blob = entry.blob.clone();
                 tokio::spawn(async move {
-                    let cmd = Command::RegisterHolder {
-                        blob,
-                        node: node.id(),
-                        at: now(),
-                    };
-                    if let Err(e) = node.write(cmd).await {
+                    if let Err(e) = register_self(&node, blob).await {
                         tracing::warn!(error = %e, "registering a fetched copy failed; repair will retry");
                     }
                 });
@@ -342,6 +361,22 @@ pub async fn ensure_local(s: &Shared, file_hash: &Hash) -> Result<(), ServerErro
         }
     }
     Err(ServerError::NotFound)
+}
+
+/// This node's copy of a blob: opened from disk, or on a cluster node that has none,
+/// fetched from a holder (verified) first. `None`: a standalone cache lacks the file.
+pub async fn open_or_fetch(
+    s: &Shared,
+    file_hash: &Hash,
+) -> Result<Option<(std::fs::File, u64)>, ServerError> {
+    if let Some(f) = s.blobs.open_blob(file_hash).map_err(blob_error)? {
+        return Ok(Some(f));
+    }
+    if s.catalog.node().is_none() {
+        return Ok(None);
+    }
+    ensure_local(s, file_hash).await?;
+    s.blobs.open_blob(file_hash).map_err(blob_error)
 }
 
 /// Streams the blob from `holder` into this node's blob store, verified.
@@ -393,19 +428,9 @@ async fn fetch_from(
 /// the holder counts (and the path rule) see only members. Runs in the background.
 pub fn forget_holder(node: Arc<Node>, gone: NodeId) {
     tokio::spawn(async move {
-        let st = node.state().clone();
-        let held = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let _ = st.for_each_blob(|e| {
-                if e.holders.contains_key(&gone) {
-                    out.push(e.blob.file_hash);
-                }
-                true
-            });
-            out
-        })
-        .await
-        .unwrap_or_default();
+        let held = select_blobs(&node, move |e| (e.holders.contains_key(&gone), true))
+            .await
+            .unwrap_or_default();
         for file_hash in held {
             let cmd = Command::UnregisterHolder {
                 file_hash,
@@ -434,22 +459,14 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
     }
     let me = node.id();
     let now_secs = now();
-    let st = node.state().clone();
-    let stale = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        st.for_each_blob(|e| {
-            let old = e
-                .holders
-                .get(&me)
-                .is_some_and(|at| now_secs.saturating_sub(*at) >= grace.as_secs());
-            if e.refcount == 0 && old {
-                out.push(e.blob.file_hash);
-            }
-            true
-        })
-        .map(|()| out)
+    let stale = select_blobs(&node, move |e| {
+        let old = e
+            .holders
+            .get(&me)
+            .is_some_and(|at| now_secs.saturating_sub(*at) >= grace.as_secs());
+        (e.refcount == 0 && old, true)
     })
-    .await??;
+    .await?;
     let mut deleted = 0;
     for h in stale {
         let cmd = Command::UnregisterHolder {
@@ -459,8 +476,7 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
         };
         match node.write(cmd).await.map_err(unavailable)? {
             Ok(_) => {
-                s.variants.forget(&format!("blob-{}", h.to_nix32()));
-                s.blobs.remove(&h).map_err(crate::upload::blob_error)?;
+                drop_local_copy(s, &h)?;
                 deleted += 1;
             }
             Err(Rejection::StillReferenced { .. }) => {}
@@ -470,7 +486,7 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
     let st = s.clone();
     let files = tokio::task::spawn_blocking(move || st.blobs.list())
         .await?
-        .map_err(crate::upload::blob_error)?;
+        .map_err(blob_error)?;
     let cutoff = std::time::SystemTime::now()
         .checked_sub(grace)
         .unwrap_or(std::time::UNIX_EPOCH);
@@ -484,8 +500,7 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
             .blob(&h)?
             .is_some_and(|e| e.holders.contains_key(&me));
         if !mine {
-            s.variants.forget(&format!("blob-{}", h.to_nix32()));
-            s.blobs.remove(&h).map_err(crate::upload::blob_error)?;
+            drop_local_copy(s, &h)?;
             deleted += 1;
         }
     }
@@ -513,8 +528,7 @@ pub async fn quarantine(s: &Shared, file_hash: &Hash) {
             return;
         }
     }
-    s.variants.forget(&format!("blob-{}", file_hash.to_nix32()));
-    if let Err(e) = s.blobs.remove(file_hash) {
+    if let Err(e) = drop_local_copy(s, file_hash) {
         tracing::warn!(error = %e, "removing a corrupt blob failed");
     }
     s.metrics
@@ -528,21 +542,17 @@ pub async fn quarantine(s: &Shared, file_hash: &Hash) {
 pub async fn scrub_step(s: &Shared, cursor: Option<Vec<u8>>, budget: u64) -> Option<Vec<u8>> {
     let node = s.catalog.node()?.clone();
     let me = node.id();
-    let st = node.state().clone();
     let after = cursor.clone();
-    let list = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let mut total = 0u64;
-        let _ = st.for_each_blob(|e| {
-            let key = e.blob.file_hash.digest().to_vec();
-            if after.as_ref().is_some_and(|a| key <= *a) || !e.holders.contains_key(&me) {
-                return true;
-            }
-            total += e.blob.file_size;
-            out.push(e.blob.file_hash);
-            total < budget
-        });
-        out
+    let mut total = 0u64;
+    let list = select_blobs(&node, move |e| {
+        let done = after
+            .as_deref()
+            .is_some_and(|a| e.blob.file_hash.digest() <= a);
+        if done || !e.holders.contains_key(&me) {
+            return (false, true);
+        }
+        total += e.blob.file_size;
+        (true, total < budget)
     })
     .await
     .ok()?;
@@ -569,24 +579,13 @@ pub async fn scrub_step(s: &Shared, cursor: Option<Vec<u8>>, budget: u64) -> Opt
     last
 }
 
-/// The repair worker: see the module docs.
-pub async fn repair_loop(s: Shared, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+/// The repair worker: every `repair_interval_secs` a scrub step, an orphan sweep and
+/// a repair pass (see the module docs).
+pub async fn repair_loop(s: Shared, c: ClusterConfig) {
+    let mut tick = tokio::time::interval(Duration::from_secs(c.repair_interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let budget = s
-        .config
-        .cluster
-        .as_ref()
-        .map(|c| c.scrub_bytes_per_sec)
-        .unwrap_or(0)
-        .saturating_mul(every.as_secs().max(1));
-    let grace = Duration::from_secs(
-        s.config
-            .cluster
-            .as_ref()
-            .map(|c| c.orphan_grace_secs)
-            .unwrap_or(86_400),
-    );
+    let budget = c.scrub_bytes_per_sec.saturating_mul(c.repair_interval_secs);
+    let grace = Duration::from_secs(c.orphan_grace_secs);
     let mut cursor = None;
     loop {
         tick.tick().await;
@@ -613,29 +612,13 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
     if !members.iter().any(|m| m.node_id == me) {
         return Ok(0);
     }
-    let target = s
-        .config
-        .cluster
-        .as_ref()
-        .map(|c| c.replicas)
-        .unwrap_or(3)
-        .min(members.len());
-    let st = node.state().clone();
+    let target = replica_target(s, members.len());
     let member_ids: Vec<NodeId> = members.iter().map(|m| m.node_id).collect();
-    let wanted = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        st.for_each_blob(|e| {
-            // Copies on nodes that left the cluster do not count; blobs no path names
-            // are orphans on their way out, not work.
-            let held = e.holders.keys().filter(|h| member_ids.contains(h)).count();
-            if e.refcount > 0 && held < target && !e.holders.contains_key(&me) {
-                out.push(e.blob.file_hash);
-            }
-            true
-        })
-        .map(|()| out)
+    let wanted = select_blobs(&node, move |e| {
+        let take = e.under_replicated(&member_ids, target) && !e.holders.contains_key(&me);
+        (take, true)
     })
-    .await??;
+    .await?;
     s.metrics
         .repair_backlog
         .store(wanted.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -644,15 +627,7 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
         if s.blobs.contains(&h) {
             // On disk but not registered (a crash between the two): register it.
             if let Some(entry) = node.state().blob(&h)? {
-                let cmd = Command::RegisterHolder {
-                    blob: entry.blob,
-                    node: me,
-                    at: now(),
-                };
-                node.write(cmd)
-                    .await
-                    .map_err(unavailable)?
-                    .map_err(rejected)?;
+                register_self(&node, entry.blob).await?;
             }
         } else {
             ensure_local(s, &h).await?;

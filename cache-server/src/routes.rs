@@ -372,10 +372,8 @@ async fn cache_listing(s: Shared, rec: PathRecord) -> Result<Response, ServerErr
         .catalog
         .get_blob(&rec.url_file_hash)?
         .ok_or(ServerError::NotFound)?;
-    crate::replication::ensure_local(&s, &blob.file_hash).await?;
-    let (file, _) = s
-        .blobs
-        .open_blob(&blob.file_hash)
+    let (file, _) = crate::replication::open_or_fetch(&s, &blob.file_hash)
+        .await
         .map_err(|e| {
             tracing::error!(error = %e, "opening a blob");
             ServerError::NotFound
@@ -668,12 +666,14 @@ async fn cache_nar(
         .get_blob(file_hash)?
         .ok_or(ServerError::NotFound)?;
     // A cluster node without a copy fetches and verifies one before answering.
-    crate::replication::ensure_local(s, file_hash).await?;
-    let Some((file, len)) = s.blobs.open_blob(file_hash).map_err(|e| {
-        tracing::error!(error = %e, "opening a recorded blob");
-        ServerError::NotFound
-    })?
-    else {
+    let opened = match crate::replication::open_or_fetch(s, file_hash).await {
+        Err(ServerError::NotFound) => return Err(ServerError::NotFound),
+        r => r.map_err(|e| {
+            tracing::error!(error = ?e, "opening a recorded blob");
+            ServerError::NotFound
+        })?,
+    };
+    let Some((file, len)) = opened else {
         tracing::error!(file_hash = %file_hash, "a recorded blob is missing from disk");
         return Err(ServerError::NotFound);
     };
@@ -713,11 +713,8 @@ async fn cache_nar(
                 Err(ServerError::CorruptBlob) => {
                     // Set aside, fetched again from a holder (cluster), checked again.
                     crate::replication::quarantine(s, file_hash).await;
-                    crate::replication::ensure_local(s, file_hash).await?;
-                    let (file, _) = s
-                        .blobs
-                        .open_blob(file_hash)
-                        .map_err(crate::upload::blob_error)?
+                    let (file, _) = crate::replication::open_or_fetch(s, file_hash)
+                        .await?
                         .ok_or(ServerError::NotFound)?;
                     small_blob(s, file_hash, file, len)
                         .await
@@ -818,7 +815,7 @@ async fn small_blob(
     file: std::fs::File,
     len: u64,
 ) -> Result<Bytes, ServerError> {
-    let key = format!("blob-{}", file_hash.to_nix32());
+    let key = crate::replication::blob_memory_key(file_hash);
     if let Some(Variant::Memory(bytes)) = s.variants.get(&key) {
         return Ok(bytes);
     }

@@ -33,6 +33,15 @@ pub struct BlobEntry {
     pub generation: u64,
 }
 
+impl BlobEntry {
+    /// Whether a path names this blob and fewer than `target` of `members` hold a copy
+    /// (copies on nodes that left the cluster do not count; a blob no path names is an
+    /// orphan on its way out, never under-replicated).
+    pub fn under_replicated(&self, members: &[NodeId], target: usize) -> bool {
+        self.refcount > 0 && self.holders.keys().filter(|h| members.contains(h)).count() < target
+    }
+}
+
 /// A pinned store path: GC keeps it and its closure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinRecord {

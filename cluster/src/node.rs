@@ -347,6 +347,12 @@ impl Node {
         self.config.rule.required(voters)
     }
 
+    /// Where to reach `leader`, which the membership must name.
+    fn leader_addr(&self, leader: NodeId) -> Result<String, WriteError> {
+        self.addr_of(leader)
+            .ok_or_else(|| WriteError::Unavailable(format!("leader {leader} has no address")))
+    }
+
     /// The leader as this node knows it.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
@@ -481,9 +487,7 @@ impl Node {
         match self.leader() {
             Some(l) if l == self.id() => self.read_index_as_leader().await,
             Some(leader) => {
-                let addr = self.addr_of(leader).ok_or_else(|| {
-                    WriteError::Unavailable(format!("leader {leader} has no address"))
-                })?;
+                let addr = self.leader_addr(leader)?;
                 let rb = self
                     .wire
                     .raft_request(Method::POST, &addr, "/raft/read-index", leader)
@@ -513,9 +517,7 @@ impl Node {
         match self.leader() {
             Some(l) if l == self.id() => self.change_as_leader(change).await,
             Some(leader) => {
-                let addr = self.addr_of(leader).ok_or_else(|| {
-                    WriteError::Unavailable(format!("leader {leader} has no address"))
-                })?;
+                let addr = self.leader_addr(leader)?;
                 let rb = self
                     .wire
                     .raft_request(Method::POST, &addr, "/cluster/change", leader)

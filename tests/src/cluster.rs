@@ -386,19 +386,7 @@ orphan_grace_secs = {grace}
         for g in groups {
             for &id in *g {
                 let ns = &net.namespaces[id as usize - 1];
-                let _ = sh(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        ns,
-                        "nft",
-                        "delete",
-                        "table",
-                        "inet",
-                        "cairntest",
-                    ],
-                );
+                clear_rules(ns);
                 let mut rules = String::from(
                     "table inet cairntest {\n chain in { type filter hook input priority 0; policy accept;\n",
                 );
@@ -427,19 +415,7 @@ orphan_grace_secs = {grace}
     pub fn heal(&self) {
         if let Some(net) = &self.net {
             for ns in &net.namespaces {
-                let _ = sh(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        ns,
-                        "nft",
-                        "delete",
-                        "table",
-                        "inet",
-                        "cairntest",
-                    ],
-                );
+                clear_rules(ns);
             }
         }
     }
@@ -644,6 +620,23 @@ impl Netns {
         }
         let _ = sh("ip", &["link", "del", &self.bridge]);
     }
+}
+
+/// Drops the partition rules of namespace `ns`, if it has any.
+fn clear_rules(ns: &str) {
+    let _ = sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "cairntest",
+        ],
+    );
 }
 
 fn write_private(path: &Path, text: &str) {

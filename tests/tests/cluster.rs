@@ -28,6 +28,13 @@ fn narinfo_status(c: &TestCluster, id: u64, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Waits until node `id` has a narinfo for every one of `paths`.
+fn wait_caught_up(c: &TestCluster, id: u64, paths: &[String], timeout: Duration) {
+    wait_for(timeout, &format!("node {id} to catch up"), || {
+        paths.iter().all(|p| narinfo_status(c, id, p) == 200)
+    });
+}
+
 /// `cachectl status` against node `id`: its exit code and report.
 fn status(c: &TestCluster, id: u64) -> (i32, String) {
     let out = c.cachectl(id, &["status"]);
@@ -183,11 +190,7 @@ fn leader_killed_during_uploads_loses_nothing() {
     // The old leader comes back as a follower and catches up.
     c.restart(leader);
     c.wait_leader(&c.ids(), Duration::from_secs(20));
-    wait_for(
-        Duration::from_secs(20),
-        "the restarted node to catch up",
-        || acked.iter().all(|p| narinfo_status(&c, leader, p) == 200),
-    );
+    wait_caught_up(&c, leader, &acked, Duration::from_secs(20));
     check_invariants(&c, &c.ids(), &acked);
 }
 
@@ -266,11 +269,7 @@ fn partition_with_the_leader_in_the_minority() {
     assert_eq!(narinfo_status(&c, old, &paths[0]), 200);
     check_invariants(&c, &majority, &paths);
     c.heal();
-    wait_for(
-        Duration::from_secs(20),
-        "the old leader to catch up",
-        || narinfo_status(&c, old, &paths[1]) == 200,
-    );
+    wait_caught_up(&c, old, &paths[1..], Duration::from_secs(20));
     assert_eq!(c.wait_leader(&c.ids(), Duration::from_secs(20)), new);
     check_invariants(&c, &c.ids(), &paths);
 }
@@ -294,9 +293,7 @@ fn partition_with_the_leader_in_the_majority() {
     // Cut off, the follower cannot confirm misses; it answers 404, never 5xx.
     assert_eq!(narinfo_status(&c, cut, &paths[0]), 404);
     c.heal();
-    wait_for(Duration::from_secs(30), "the cut node to catch up", || {
-        paths.iter().all(|p| narinfo_status(&c, cut, p) == 200)
-    });
+    wait_caught_up(&c, cut, &paths, Duration::from_secs(30));
     assert_eq!(c.leader_among(&c.ids()), Some(leader));
     check_invariants(&c, &c.ids(), &paths);
 }
@@ -314,11 +311,7 @@ fn leader_paused_with_sigstop() {
     copy_ok(&c, &nix, new, &paths);
     check_invariants(&c, &others, &paths);
     c.signal(old, "CONT");
-    wait_for(
-        Duration::from_secs(20),
-        "the paused node to catch up",
-        || paths.iter().all(|p| narinfo_status(&c, old, p) == 200),
-    );
+    wait_caught_up(&c, old, &paths, Duration::from_secs(20));
     assert_eq!(c.wait_leader(&c.ids(), Duration::from_secs(20)), new);
     check_invariants(&c, &c.ids(), &paths);
 }
@@ -339,9 +332,7 @@ fn far_behind_node_catches_up_through_a_snapshot() {
         copy_ok(&c, &nix, leader, std::slice::from_ref(p));
     }
     c.restart(behind);
-    wait_for(Duration::from_secs(30), "the node to catch up", || {
-        paths.iter().all(|p| narinfo_status(&c, behind, p) == 200)
-    });
+    wait_caught_up(&c, behind, &paths, Duration::from_secs(30));
     let snap = c.node(behind).data.join("raft/snapshots/current.snap");
     assert!(snap.is_file(), "the node caught up without a snapshot");
     check_invariants(&c, &c.ids(), &paths);
@@ -440,15 +431,7 @@ fn rolling_restart_of_all_three_fails_no_read() {
         let leader = c.wait_leader(&up, Duration::from_secs(15));
         copy_ok(&c, &nix, leader, &paths[step + 1..step + 2]);
         c.restart(id);
-        wait_for(
-            Duration::from_secs(20),
-            "the restarted node to catch up",
-            || {
-                paths[..step + 2]
-                    .iter()
-                    .all(|p| narinfo_status(&c, id, p) == 200)
-            },
-        );
+        wait_caught_up(&c, id, &paths[..step + 2], Duration::from_secs(20));
     }
     c.wait_leader(&c.ids(), Duration::from_secs(20));
     check_invariants(&c, &c.ids(), &paths);

@@ -364,15 +364,12 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
                     tracing::error!(error = %e, "the cluster listener failed");
                 }
             });
-            let every = Duration::from_secs(
-                state
-                    .config
-                    .cluster
-                    .as_ref()
-                    .map(|c| c.repair_interval_secs)
-                    .unwrap_or(30),
-            );
-            tokio::spawn(cache_server::replication::repair_loop(state.clone(), every));
+            let c = state
+                .config
+                .cluster
+                .clone()
+                .expect("a node has a [cluster] config");
+            tokio::spawn(cache_server::replication::repair_loop(state.clone(), c));
             tokio::spawn(count_leader_changes(node, state.metrics.clone()));
         }
         tracing::info!(store = %state.config.store_dir, "serving");
