@@ -25,6 +25,6 @@ pub mod variants;
 
 pub use config::{Config, FileConfig};
 pub use error::ServerError;
-pub use routes::router;
+pub use routes::{app, router, App};
 pub use serve::{serve, Listener};
 pub use state::AppState;

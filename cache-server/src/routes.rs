@@ -29,6 +29,80 @@ use store::meta::{PathRecord, Scope};
 
 type Shared = Arc<AppState>;
 
+/// What each client connection runs: the [`router`], with a shortcut in front of it for
+/// the request Nix clients send most. A narinfo GET that needs no more than a lookup in
+/// memory (a hit, or a standalone miss) is answered on the spot, without the router's
+/// per-request machinery (route matching, extractors, boxed middleware futures), which
+/// costs about as much as the answer itself. Everything else, including any narinfo
+/// request the shortcut is unsure about, goes through the router unchanged.
+#[derive(Clone)]
+pub struct App {
+    state: Shared,
+    router: Router,
+}
+
+/// The [`App`] for `state`: what [`crate::serve`] runs on every connection.
+pub fn app(state: Shared) -> App {
+    App {
+        router: router(state.clone()),
+        state,
+    }
+}
+
+impl App {
+    fn shortcut<B>(&self, req: &axum::http::Request<B>) -> Option<Response> {
+        let s = &*self.state;
+        if req.method() != Method::GET || req.uri().query().is_some() {
+            return None;
+        }
+        let hash = req
+            .uri()
+            .path()
+            .strip_prefix('/')?
+            .strip_suffix(".narinfo")?;
+        if hash.len() != HASH_PART_LEN
+            || s.auth
+                .check(&s.catalog, req.headers(), Scope::Read)
+                .is_err()
+        {
+            return None;
+        }
+        let start = Instant::now();
+        let resp = match narinfo(s, hash) {
+            Ok(r) => r,
+            // A cluster node confirms a miss with the leader first: the router does that.
+            Err(ServerError::NotFound) if s.catalog.node().is_none() => {
+                ServerError::NotFound.into_response()
+            }
+            Err(_) => return None,
+        };
+        s.metrics
+            .observe(Route::Narinfo, resp.status().as_u16(), start.elapsed());
+        Some(resp)
+    }
+}
+
+impl<B> hyper::service::Service<axum::http::Request<B>> for App
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response, std::convert::Infallible>>,
+        axum::routing::future::RouteFuture<std::convert::Infallible>,
+    >;
+
+    fn call(&self, req: axum::http::Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        match self.shortcut(&req) {
+            Some(resp) => Either::Left(std::future::ready(Ok(resp))),
+            None => Either::Right(tower::Service::call(&mut self.router.clone(), req)),
+        }
+    }
+}
+
 /// The whole HTTP surface of a `cairnd`.
 pub fn router(state: Shared) -> Router {
     Router::new()

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
+
+use crate::routes::App;
 
 /// A bound listener.
 pub enum Listener {
@@ -109,7 +109,7 @@ impl RateLimit {
 /// connections finish (up to `grace`).
 pub async fn serve(
     listeners: Vec<Listener>,
-    app: Router,
+    app: App,
     max_connection_rate: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -172,7 +172,7 @@ async fn accept(listener: &Listener) -> std::io::Result<Conn> {
     }
 }
 
-fn spawn_conn(conn: Conn, app: Router, graceful: &GracefulShutdown) {
+fn spawn_conn(conn: Conn, app: App, graceful: &GracefulShutdown) {
     match conn {
         Conn::Tcp(stream, None) => drive(stream, app, graceful),
         Conn::Unix(stream) => drive(stream, app, graceful),
@@ -188,23 +188,21 @@ fn spawn_conn(conn: Conn, app: Router, graceful: &GracefulShutdown) {
                         }
                         Err(_) => return,
                     };
-                let service = TowerToHyperService::new(app);
                 let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), app);
                 let _ = watcher.watch(conn.into_owned()).await;
             });
         }
     }
 }
 
-fn drive<S>(stream: S, app: Router, graceful: &GracefulShutdown)
+fn drive<S>(stream: S, app: App, graceful: &GracefulShutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), app)
         .into_owned();
     let fut = graceful.watch(conn);
     tokio::spawn(async move {

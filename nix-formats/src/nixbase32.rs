@@ -76,17 +76,23 @@ pub fn encode(input: &[u8]) -> String {
 
 /// Decodes a string into exactly `want` bytes.
 pub fn decode_exact(s: &str, want: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = vec![0u8; want];
+    decode_into(s, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a string into `out`, which it fills exactly (no allocation: store path hash
+/// parts are decoded on every narinfo request).
+pub fn decode_into(s: &str, out: &mut [u8]) -> Result<(), DecodeError> {
+    let want = out.len();
     if s.len() != encoded_len(want) {
         return Err(DecodeError::WrongLength { got: s.len(), want });
     }
-    let mut out = vec![0u8; want];
-    let bytes = s.as_bytes();
-    for n in 0..bytes.len() {
-        let c = bytes[bytes.len() - 1 - n];
+    out.fill(0);
+    for (n, &c) in s.as_bytes().iter().rev().enumerate() {
         let d = digit(c).ok_or(DecodeError::InvalidChar(c as char))?;
         let b = n * 5;
-        let i = b / 8;
-        let j = b % 8;
+        let (i, j) = (b / 8, b % 8);
         out[i] |= ((d as u16) << j) as u8;
         let carry = ((d as u16) >> (8 - j)) as u8;
         if i + 1 < want {
@@ -95,7 +101,7 @@ pub fn decode_exact(s: &str, want: usize) -> Result<Vec<u8>, DecodeError> {
             return Err(DecodeError::Overflow);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Decodes a string into as many bytes as its length implies.

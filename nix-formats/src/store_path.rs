@@ -35,9 +35,8 @@ pub fn parse_hash_part(s: &str) -> Result<[u8; DIGEST_LEN], StorePathError> {
     if s.len() != HASH_PART_LEN {
         return Err(StorePathError::BadHashPart);
     }
-    let v = nixbase32::decode_exact(s, DIGEST_LEN).map_err(|_| StorePathError::BadHashPart)?;
     let mut out = [0u8; DIGEST_LEN];
-    out.copy_from_slice(&v);
+    nixbase32::decode_into(s, &mut out).map_err(|_| StorePathError::BadHashPart)?;
     Ok(out)
 }
 

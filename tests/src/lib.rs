@@ -71,7 +71,7 @@ impl Server {
         let acceptor = tls.map(|(c, k)| cache_server::serve::tls_acceptor(&c, &k).expect("tls"));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = cache_server::router(state.clone());
+        let app = cache_server::app(state.clone());
         let thread = std::thread::spawn(move || {
             runtime.block_on(cache_server::serve(
                 vec![Listener::Tcp(listener, acceptor)],
