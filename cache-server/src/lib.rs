@@ -22,6 +22,7 @@ pub mod sessions;
 pub mod state;
 pub mod upload;
 pub mod variants;
+pub mod zerocopy;
 
 pub use config::{Config, FileConfig};
 pub use error::ServerError;

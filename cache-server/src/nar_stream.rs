@@ -294,6 +294,8 @@ fn zstd_into(
 /// bad bytes) and `on_mismatch` runs.
 pub struct Verify {
     pub expected: nix_formats::Hash,
+    /// Runs with the file once every byte hashed right (and before the last goes out).
+    pub on_match: Box<dyn FnOnce(&std::fs::File) + Send>,
     pub on_mismatch: Box<dyn FnOnce() + Send>,
 }
 
@@ -353,6 +355,7 @@ pub fn spawn_file(
         })();
         if let (Ok(()), Some(h), Some(v)) = (&result, hasher, verify) {
             if h.finish() == v.expected {
+                (v.on_match)(&file);
                 if let Some(last) = held.take() {
                     sent += last.len() as u64;
                     result = send(last);

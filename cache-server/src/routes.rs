@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use crate::metrics::{Encoding, Route};
 use crate::nar_stream::{self, Plan};
 use crate::state::AppState;
 use crate::variants::Variant;
+use crate::zerocopy::{Mapped, Zerocopy};
 use crate::{api, logs, sessions, upload};
 use store::blobs::Compression;
 use store::meta::{PathRecord, Scope};
@@ -39,6 +40,8 @@ type Shared = Arc<AppState>;
 pub struct App {
     state: Shared,
     router: Router,
+    /// Set for connections over a [`crate::zerocopy::SendfileIo`].
+    zerocopy: bool,
 }
 
 /// The [`App`] for `state`: what [`crate::serve`] runs on every connection.
@@ -46,10 +49,18 @@ pub fn app(state: Shared) -> App {
     App {
         router: router(state.clone()),
         state,
+        zerocopy: false,
     }
 }
 
 impl App {
+    /// This app for a connection that sends mapped files with `sendfile`: its HTTP/1
+    /// requests carry [`crate::zerocopy::Zerocopy`].
+    pub fn zerocopy(mut self) -> Self {
+        self.zerocopy = true;
+        self
+    }
+
     fn shortcut<B>(&self, req: &axum::http::Request<B>) -> Option<Response> {
         let s = &*self.state;
         if req.method() != Method::GET || req.uri().query().is_some() {
@@ -94,8 +105,11 @@ where
         axum::routing::future::RouteFuture<std::convert::Infallible>,
     >;
 
-    fn call(&self, req: axum::http::Request<B>) -> Self::Future {
+    fn call(&self, mut req: axum::http::Request<B>) -> Self::Future {
         use futures_util::future::Either;
+        if self.zerocopy && req.version() <= axum::http::Version::HTTP_11 {
+            req.extensions_mut().insert(crate::zerocopy::Zerocopy);
+        }
         match self.shortcut(&req) {
             Some(resp) => Either::Left(std::future::ready(Ok(resp))),
             None => Either::Right(tower::Service::call(&mut self.router.clone(), req)),
@@ -599,12 +613,14 @@ async fn nar(
     RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
+    zerocopy: Option<Extension<Zerocopy>>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Read)?;
+    let zerocopy = zerocopy.is_some();
     // An uploaded blob: nar/<filehash>.nar[.ext], no query.
     if query.is_none() {
         if let Some((file_hash, compression)) = upload::parse_blob_file(&file) {
-            return cache_nar(&s, &file_hash, compression, &method, &headers).await;
+            return cache_nar(&s, &file_hash, compression, &method, &headers, zerocopy).await;
         }
     }
     let req = parse_nar_file(&file, query.as_deref())?;
@@ -612,9 +628,6 @@ async fn nar(
     if info.nar_hash != req.nar_hash {
         return Err(ServerError::NotFound);
     }
-    // Everything that can fail is decided before the headers go out: a path that
-    // vanished since its narinfo was served is a 404, not a broken body.
-    let real = local_path(&s, &info)?;
     let head = method == Method::HEAD;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let encoding = match req.ext {
@@ -628,7 +641,11 @@ async fn nar(
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/x-nix-nar")
         .header(header::VARY, "Accept-Encoding");
+    // Everything that can fail is decided before the headers go out: a path that
+    // vanished since its narinfo was served is a 404, not a broken body. (A compressed
+    // variant already made is served as it is: its bytes stay right.)
     if let Encoding::Identity = encoding {
+        let real = local_path(&s, &info)?;
         builder = builder.header(header::ACCEPT_RANGES, "bytes");
         let size = info.nar_size;
         let (status, start, len) = match range.map(|r| parse_range(r, size)).transpose()?.flatten()
@@ -695,13 +712,14 @@ async fn nar(
                 s.metrics.add_bytes(encoding, len);
                 Body::from(bytes)
             }
-            Err(file) => nar_stream::spawn_file(file, 0, len, encoding, s.metrics.clone(), None),
+            Err(file) => file_body(&s, file, 0, len, encoding, zerocopy, None),
         };
         return Ok(builder
             .header(header::CONTENT_LENGTH, len)
             .body(body)
             .expect("valid response"));
     }
+    let real = local_path(&s, &info)?;
     if head {
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
@@ -724,6 +742,36 @@ async fn nar(
     Ok(builder.body(body).expect("valid response"))
 }
 
+/// The body for `len` bytes of a stored file (a blob or a compressed variant) from
+/// `start`. On a [`Zerocopy`] connection a file that needs no check goes out with
+/// `sendfile`; otherwise it is read on the blocking pool (and checked, with `verify`).
+fn file_body(
+    s: &AppState,
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+    encoding: Encoding,
+    zerocopy: bool,
+    verify: Option<nar_stream::Verify>,
+) -> Body {
+    let file = if zerocopy && verify.is_none() && len > 0 {
+        let size = start + len;
+        match Mapped::new(file, size) {
+            Ok(mapped) => {
+                s.metrics.add_bytes(encoding, len);
+                return Body::from(mapped.into_bytes(start, len));
+            }
+            Err((file, e)) => {
+                tracing::debug!(error = %e, "mapping a stored file failed; reading it");
+                file
+            }
+        }
+    } else {
+        file
+    };
+    nar_stream::spawn_file(file, start, len, encoding, s.metrics.clone(), verify)
+}
+
 /// Serves an uploaded blob. The stored form goes out as is (with `Content-Length` and
 /// ranges); a plain `.nar` request for a compressed blob gets the stored zstd bytes as
 /// `Content-Encoding: zstd` when the client accepts it, else the NAR decompressed on
@@ -734,6 +782,7 @@ async fn cache_nar(
     requested: Compression,
     method: &Method,
     headers: &HeaderMap,
+    zerocopy: bool,
 ) -> Result<Response, ServerError> {
     let blob = s
         .catalog
@@ -799,18 +848,24 @@ async fn cache_nar(
             s.metrics.add_bytes(encoding, len);
             Body::from(bytes)
         } else {
-            // A whole blob is checked as it streams; a part cannot be.
-            let verify = (n == len).then(|| {
+            // A whole blob is checked as it streams unless it is known unchanged since
+            // it last hashed right; a part cannot be checked.
+            let verify = (n == len && !s.blobs.is_verified(file_hash, &file)).then(|| {
                 let (st, h) = (s.clone(), file_hash.clone());
+                let (st2, h2) = (s.clone(), file_hash.clone());
+                let before = store::blobs::BlobStore::stamp(&file);
                 let rt = tokio::runtime::Handle::current();
                 nar_stream::Verify {
                     expected: file_hash.clone(),
+                    on_match: Box::new(move |file| {
+                        st2.blobs.note_verified_since(&h2, before, file)
+                    }),
                     on_mismatch: Box::new(move || {
                         rt.spawn(async move { crate::replication::quarantine(&st, &h).await });
                     }),
                 }
             });
-            nar_stream::spawn_file(file, start, n, encoding, s.metrics.clone(), verify)
+            file_body(s, file, start, n, encoding, zerocopy, verify)
         };
         return Ok(builder
             .status(status)

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 
 use crate::routes::App;
+use crate::zerocopy::SendfileIo;
 
 /// A bound listener.
 pub enum Listener {
@@ -174,8 +175,8 @@ async fn accept(listener: &Listener) -> std::io::Result<Conn> {
 
 fn spawn_conn(conn: Conn, app: App, graceful: &GracefulShutdown) {
     match conn {
-        Conn::Tcp(stream, None) => drive(stream, app, graceful),
-        Conn::Unix(stream) => drive(stream, app, graceful),
+        Conn::Tcp(stream, None) => drive(SendfileIo::new(stream), app.zerocopy(), graceful),
+        Conn::Unix(stream) => drive(SendfileIo::new(stream), app.zerocopy(), graceful),
         Conn::Tcp(stream, Some(tls)) => {
             let watcher = graceful.watcher();
             tokio::spawn(async move {

@@ -137,9 +137,45 @@ pub struct BlobStore {
     /// A blob is acknowledged only when its whole path is, so creating one of these
     /// fsyncs `blobs` first, under this lock so a concurrent ingest cannot skip it.
     durable_dirs: Mutex<HashSet<String>>,
+    /// Blobs whose file hashed right, with the file's identity and change times then.
+    verified: Mutex<lru::LruCache<Hash, (Stamp, std::time::Instant)>>,
     /// Held open for the lifetime of the store: its `flock` is the ownership of `root`.
     _lock: File,
 }
+
+/// What identifies a file's content without reading it: any write through the
+/// filesystem moves the change time (which no caller can set back), a replacement has
+/// another inode. Silent corruption below the filesystem is what ZFS's own checksums and
+/// the scrubber are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(file: &File) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// How many verified blobs are remembered (about 100 bytes each): the hot set of any
+/// cache; colder blobs are hashed again when they are next served.
+const VERIFIED_MEMO: usize = 200_000;
+/// How long a verification is trusted: a blob served all day is hashed again hourly,
+/// which bounds how long corruption the filesystem did not notice can go out.
+const REVERIFY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +235,9 @@ impl BlobStore {
             staging,
             reserve_bytes,
             durable_dirs: Mutex::new(durable),
+            verified: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(VERIFIED_MEMO).expect("non-zero"),
+            )),
             _lock: lock,
         })
     }
@@ -317,12 +356,49 @@ impl BlobStore {
         Ok(Some((file, len)))
     }
 
+    /// Records that `file`, the stored blob `file_hash`, was just read in full and
+    /// hashed to its name (ingest, a checked serve).
+    pub fn note_verified(&self, file_hash: &Hash, file: &File) {
+        if let Some(stamp) = Stamp::of(file) {
+            self.verified
+                .lock()
+                .put(file_hash.clone(), (stamp, std::time::Instant::now()));
+        }
+    }
+
+    /// [`BlobStore::note_verified`] for a file read while others could write it:
+    /// recorded only when it is still as it was (`before`) when the reading started.
+    pub fn note_verified_since(&self, file_hash: &Hash, before: Option<Stamp>, file: &File) {
+        if before.is_some() && Stamp::of(file) == before {
+            self.note_verified(file_hash, file);
+        }
+    }
+
+    /// What [`BlobStore::note_verified_since`] compares.
+    pub fn stamp(file: &File) -> Option<Stamp> {
+        Stamp::of(file)
+    }
+
+    /// True when `file` (the stored blob `file_hash`, opened) is unchanged since it
+    /// last hashed to its name in this process, less than an hour ago, so it can be
+    /// served without hashing it again.
+    pub fn is_verified(&self, file_hash: &Hash, file: &File) -> bool {
+        let Some(now) = Stamp::of(file) else {
+            return false;
+        };
+        matches!(
+            self.verified.lock().get(file_hash),
+            Some((stamp, at)) if *stamp == now && at.elapsed() < REVERIFY_AFTER
+        )
+    }
+
     pub fn contains(&self, file_hash: &Hash) -> bool {
         fs::metadata(self.blob_path(file_hash)).is_ok_and(|m| m.is_file())
     }
 
     /// Deletes a blob; a missing blob is not an error. Unregister it first (invariant 3).
     pub fn remove(&self, file_hash: &Hash) -> Result<(), BlobError> {
+        self.verified.lock().pop(file_hash);
         let path = self.blob_path(file_hash);
         match fs::remove_file(&path) {
             Ok(()) => {}

@@ -77,7 +77,13 @@ pub struct LocalStore {
     watch: Option<watch::ChangeWatch>,
     /// Every hash part seen valid, for answering misses without a query.
     known: Mutex<watch::KnownPaths>,
+    /// Recently looked-up paths with the watch generation they were read at: a NAR
+    /// request right after its narinfo needs no query (valid only while nothing wrote).
+    infos: Mutex<lru::LruCache<String, (u64, PathInfo)>>,
 }
+
+/// How many looked-up paths [`LocalStore`] keeps (a few hundred bytes each).
+const INFO_CACHE: usize = 4096;
 
 const POOL_MAX: usize = 8;
 
@@ -92,6 +98,9 @@ impl LocalStore {
             pool: Mutex::new(Vec::new()),
             watch,
             known: Mutex::new(watch::KnownPaths::new()),
+            infos: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(INFO_CACHE).expect("non-zero"),
+            )),
         };
         let conn = store.connect()?;
         conn.query_row("SELECT count(*) FROM ValidPaths LIMIT 1", [], |_| Ok(()))
@@ -182,9 +191,27 @@ impl LocalStore {
         hash_part: &str,
         generation: Option<u64>,
     ) -> Result<Option<PathInfo>, StoreError> {
+        let generation = generation.or_else(|| self.generation());
         if parse_hash_part(hash_part).is_err() || !self.may_have(hash_part, generation)? {
             return Ok(None);
         }
+        if let Some(g) = generation {
+            if let Some((at, info)) = self.infos.lock().get(hash_part) {
+                if *at == g {
+                    return Ok(Some(info.clone()));
+                }
+            }
+        }
+        let found = self.query_by_hash_part_uncached(hash_part)?;
+        if let (Some(g), Some(info)) = (generation, &found) {
+            self.infos
+                .lock()
+                .put(hash_part.to_string(), (g, info.clone()));
+        }
+        Ok(found)
+    }
+
+    fn query_by_hash_part_uncached(&self, hash_part: &str) -> Result<Option<PathInfo>, StoreError> {
         let prefix = format!("{}/{}", self.config.store_dir, hash_part);
         self.with_conn(|conn| {
             // Same trick as Nix's queryPathFromHashPart: the first path sorting at or after

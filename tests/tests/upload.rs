@@ -572,3 +572,86 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// A NAR of one file of `len` bytes that do not compress, and its zstd form.
+fn incompressible_nar(len: usize) -> (Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let content: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.path().join("data"), &content).unwrap();
+    let mut nar = Vec::new();
+    nix_formats::nar::dump_path(dir.path(), &mut nar).unwrap();
+    let zst = zstd::encode_all(&nar[..], 1).unwrap();
+    (nar, zst)
+}
+
+/// A large stored blob goes out whole and in ranges, byte for byte (over plain HTTP
+/// that is `sendfile` from a mapping once the blob is known good); after a byte of it
+/// changes on disk it never goes out again: the serve that finds it aborts the body,
+/// the copy is removed, and the NAR answers 404.
+#[test]
+fn a_stored_blob_is_served_whole_and_never_after_it_changed() {
+    let s = setup(0, |_| {});
+    let (_, zst) = incompressible_nar(3 << 20);
+    let hash = Hash::sha256_of(&zst);
+    let url = format!("{}/nar/{}.nar.zst", s.server.url(), hash.to_nix32());
+    let (st, body) = put(&url, Some(PUSH), zst.clone(), &[]);
+    assert_eq!(st, 200, "{body}");
+    for _ in 0..2 {
+        assert!(http_bytes(&url) == zst, "whole blob, byte for byte");
+    }
+    let part = cairn_tests::rt().block_on(async {
+        let r = cairn_tests::http_client()
+            .get(&url)
+            .header("Range", "bytes=1000000-1999999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        r.bytes().await.unwrap()
+    });
+    assert!(
+        part[..] == zst[1_000_000..2_000_000],
+        "the range, byte for byte"
+    );
+
+    let n32 = hash.to_nix32();
+    let stored = s
+        .server
+        .data
+        .path()
+        .join("cache/blobs")
+        .join(&n32[..2])
+        .join(&n32);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[2_000_000] ^= 0x20;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let clean = cairn_tests::rt().block_on(async {
+        match cairn_tests::http_client().get(&url).send().await {
+            Ok(r) if r.status() == 200 => r.bytes().await.ok().map(|b| b.to_vec()),
+            _ => None,
+        }
+    });
+    assert!(
+        clean.is_none(),
+        "a changed blob was served with a clean end"
+    );
+    cairn_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the changed copy is set aside",
+        || http_status(&url) == 404,
+    );
+    assert!(!stored.exists());
+}

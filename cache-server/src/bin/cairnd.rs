@@ -9,11 +9,6 @@ use cache_server::config::{BindAddr, Config, FileConfig, NarinfoCompression};
 use cache_server::serve::{tls_acceptor, Listener};
 use clap::{Args, Parser, Subcommand};
 
-// Many small allocations per request (headers, routing, narinfo text): mimalloc's
-// thread-local free lists cost less than glibc's arenas here.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Cairn's binary cache server: serves the local Nix store (narinfo, NARs, listings,
 /// logs) to Nix clients, signing and compressing on the fly, and takes uploads into its
 /// own store. With a [cluster] section (or --cluster-* flags) it is one node of a

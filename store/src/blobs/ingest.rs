@@ -184,7 +184,8 @@ fn place(
         .ensure_fanout_dir(&dest)
         .map_err(|e| store.write_error(e, file_size))?;
     match staging.persist_noclobber(&dest) {
-        Ok(_) => {}
+        // The bytes just verified are the file now in place.
+        Ok(file) => store.note_verified(file_hash, &file),
         // Dropping the returned temp file removes the staging copy.
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
             drop(e.file);
