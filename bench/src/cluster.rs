@@ -43,6 +43,10 @@ pub struct ClusterResults {
     pub misses_leader: Vec<RateSample>,
     pub misses_follower: Vec<RateSample>,
     pub failover: Vec<f64>,
+    /// CPU seconds spent during each single-node push: cachectl, then cairnd.
+    pub cpu_single: Vec<(f64, f64)>,
+    /// CPU seconds spent during each cluster push: cachectl, then each node.
+    pub cpu_cluster: Vec<(f64, [f64; 3])>,
 }
 
 fn step(msg: impl AsRef<str>) {
@@ -212,7 +216,20 @@ async fn cluster(
     Ok((specs, servers))
 }
 
-fn push(ctx: &Ctx<'_>, base: &str, token: &Path) -> Result<f64> {
+/// CPU seconds (user + system) of this process's waited-for children so far.
+fn children_cpu() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/self/stat")?;
+    let rest = &stat[stat.rfind(')').context("malformed stat")? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // cutime(16) and cstime(17): indexes 13 and 14 after the name.
+    let ticks: u64 = f.get(13).context("short stat")?.parse::<u64>()?
+        + f.get(14).context("short stat")?.parse::<u64>()?;
+    Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Pushes the corpus; returns the wall seconds and cachectl's CPU seconds.
+fn push(ctx: &Ctx<'_>, base: &str, token: &Path) -> Result<(f64, f64)> {
+    let cpu = children_cpu()?;
     let t = Instant::now();
     let out = Command::new(ctx.cachectl)
         .args(["push", "--cache", base, "--token-file"])
@@ -225,7 +242,7 @@ fn push(ctx: &Ctx<'_>, base: &str, token: &Path) -> Result<f64> {
         "cachectl push: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(t.elapsed().as_secs_f64())
+    Ok((t.elapsed().as_secs_f64(), children_cpu()? - cpu))
 }
 
 /// A small valid NAR (one regular file with random contents).
@@ -273,10 +290,15 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
             "cluster bench {rep}/{}: cachectl push into one node",
             ctx.reps
         ));
-        let s = push(ctx, &one.base_url, &token)?;
+        let server_cpu = one.cpu_seconds()?;
+        let (s, client_cpu) = push(ctx, &one.base_url, &token)?;
         one.check_alive()?;
-        step(format!("  {s:.1} s"));
+        let server_cpu = one.cpu_seconds()? - server_cpu;
+        step(format!(
+            "  {s:.1} s (CPU: cachectl {client_cpu:.1} s, cairnd {server_cpu:.1} s)"
+        ));
         r.push_single.push(s);
+        r.cpu_single.push((client_cpu, server_cpu));
         one.stop();
 
         let tag = format!("three-{rep}");
@@ -286,10 +308,24 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
             "cluster bench {rep}/{}: cachectl push into node 1 of three",
             ctx.reps
         ));
+        let node_cpu = |servers: &[Option<Server>]| -> Result<[f64; 3]> {
+            let mut c = [0.0; 3];
+            for (i, s) in servers.iter().enumerate() {
+                c[i] = s.as_ref().expect("running").cpu_seconds()?;
+            }
+            Ok(c)
+        };
+        let before = node_cpu(&servers)?;
         let t = Instant::now();
-        let s = push(ctx, &base1, &specs[0].config.with_file_name("push"))?;
-        step(format!("  {s:.1} s"));
+        let (s, client_cpu) = push(ctx, &base1, &specs[0].config.with_file_name("push"))?;
+        let after = node_cpu(&servers)?;
+        let nodes = [0, 1, 2].map(|i| after[i] - before[i]);
+        step(format!(
+            "  {s:.1} s (CPU: cachectl {client_cpu:.1} s, nodes {:.1} / {:.1} / {:.1} s)",
+            nodes[0], nodes[1], nodes[2]
+        ));
         r.push_cluster.push(s);
+        r.cpu_cluster.push((client_cpu, nodes));
         let v = wait_status(
             &client,
             &base1,
@@ -458,6 +494,27 @@ pub fn render(r: &ClusterResults) -> String {
         list(&rates(&r.misses_leader), 0),
         list(&rates(&r.misses_follower), 0),
         list(&r.failover, 2),
+    );
+    let cpu_single: Vec<String> = r
+        .cpu_single
+        .iter()
+        .map(|(c, s)| format!("cachectl {c:.1} + cairnd {s:.1}"))
+        .collect();
+    let cpu_cluster: Vec<String> = r
+        .cpu_cluster
+        .iter()
+        .map(|(c, n)| {
+            format!(
+                "cachectl {c:.1} + nodes {:.1} / {:.1} / {:.1}",
+                n[0], n[1], n[2]
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        w,
+        "CPU seconds used during the pushes (the machine has 2 cores): single {}; cluster {}.",
+        cpu_single.join(", "),
+        cpu_cluster.join(", ")
     );
     let _ = writeln!(w, "{END}");
     w

@@ -281,10 +281,13 @@ async fn get_blob(
         .open_blob(&file_hash)
         .map_err(crate::upload::blob_error)?
         .ok_or(ServerError::NotFound)?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        tokio::fs::File::from_std(file),
-        256 << 10,
-    ));
+    let body = match crate::zerocopy::Mapped::whole(file, len) {
+        Ok(bytes) => Body::from(bytes),
+        Err((file, _)) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file),
+            256 << 10,
+        )),
+    };
     Ok(Response::builder()
         .header(header::CONTENT_LENGTH, len)
         .header(header::CONTENT_TYPE, "application/octet-stream")

@@ -141,6 +141,30 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
         let rec = rec.clone();
         return with_local_db(s, move |db| db.put_blob(&rec)).await;
     };
+    replicate(s, &node, rec, None).await?;
+    failpoint("after-register");
+    Ok(())
+}
+
+/// Which verified peer copies the upload's own entry registers: peers whose copy
+/// verified while it was still being gathered. A copy that verifies after the entry
+/// went out registers itself.
+struct Gathered {
+    open: bool,
+    verified: Vec<NodeId>,
+}
+
+/// The cluster's write path for one ingested blob (and the path naming it, when the
+/// upload brought both). Copies go to every peer lacking one, each in a task of its
+/// own; as soon as this node and the verified copies make the number a path needs, one
+/// Raft entry registers them all, and the path with them. Copies that finish later
+/// register in entries of their own; a peer that is down or cut off is left to repair.
+async fn replicate(
+    s: &Shared,
+    node: &Arc<Node>,
+    rec: &BlobRecord,
+    path: Option<&PathRecord>,
+) -> Result<(), ServerError> {
     failpoint("after-ingest");
     let me = node.id();
     let already: Vec<NodeId> = node.state().holders(&rec.file_hash)?;
@@ -150,40 +174,19 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
         .into_iter()
         .filter(|m| m.node_id != me && !already.contains(&m.node_id))
         .collect();
-    // Every holder (this node, and each peer once its copy verified) is registered by
-    // a task of its own. The upload is answered as soon as enough holders are
-    // registered; slower copies finish and register in the background, and a peer
-    // that is down or cut off is left to repair.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<NodeId, String>>(peers.len() + 1);
     let at = now();
-    let register = |holder: NodeId| {
-        let node = node.clone();
-        let cmd = Command::RegisterHolder {
-            blob: rec.clone(),
-            node: holder,
-            at,
-        };
-        async move {
-            match node.write(cmd).await {
-                Ok(Ok(_)) => Ok(holder),
-                Ok(Err(r)) => Err(r.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
-    if !already.contains(&me) {
-        let (tx, reg) = (tx.clone(), register(me));
-        tokio::spawn(async move {
-            let _ = tx.send(reg.await).await;
-        });
-    }
+    let gathered = Arc::new(parking_lot::Mutex::new(Gathered {
+        open: true,
+        verified: Vec::new(),
+    }));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(), String>>(peers.len().max(1));
     for m in peers {
-        let (tx, s2, node2, rec2, reg) = (
+        let (tx, s2, node2, rec2, gathered) = (
             tx.clone(),
             s.clone(),
             node.clone(),
             rec.clone(),
-            register(m.node_id),
+            gathered.clone(),
         );
         tokio::spawn(async move {
             let r = match copy_to(&s2, &node2, &m, &rec2).await {
@@ -191,7 +194,27 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
                     s2.metrics
                         .blob_copies
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    reg.await
+                    let joined = {
+                        let mut g = gathered.lock();
+                        if g.open {
+                            g.verified.push(m.node_id);
+                        }
+                        g.open
+                    };
+                    if joined {
+                        Ok(())
+                    } else {
+                        let cmd = Command::RegisterHolder {
+                            blob: rec2.clone(),
+                            node: m.node_id,
+                            at,
+                        };
+                        match node2.write(cmd).await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(r)) => Err(r.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -202,21 +225,52 @@ pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError
         });
     }
     drop(tx);
-    let mut holders = already.len();
+    // This node's own copy counts unless it is registered already.
+    let mine = usize::from(!already.contains(&me));
     let mut last_err = String::new();
-    while holders < required {
+    loop {
+        let verified = gathered.lock().verified.len();
+        if already.len() + mine + verified >= required {
+            break;
+        }
         match rx.recv().await {
-            Some(Ok(_)) => holders += 1,
+            Some(Ok(())) => {}
             Some(Err(e)) => last_err = e,
             None => {
+                let holders = already.len() + mine + gathered.lock().verified.len();
                 return Err(ServerError::Unavailable(format!(
                     "only {holders} node(s) hold a registered, verified copy; {required} required ({last_err})"
-                )))
+                )));
             }
         }
     }
-    failpoint("after-register");
-    Ok(())
+    let mut holders = {
+        let mut g = gathered.lock();
+        g.open = false;
+        std::mem::take(&mut g.verified)
+    };
+    if mine == 1 {
+        holders.insert(0, me);
+    }
+    if holders.is_empty() && path.is_none() {
+        return Ok(());
+    }
+    if path.is_some() {
+        failpoint("before-path");
+    }
+    let started = std::time::Instant::now();
+    let cmd = Command::CommitUpload {
+        blob: rec.clone(),
+        holders,
+        at,
+        path: path.cloned(),
+    };
+    let r = node.write(cmd).await.map_err(unavailable)?;
+    if path.is_some() {
+        s.metrics.observe_commit(started.elapsed());
+        failpoint("after-path");
+    }
+    r.map(|_| ()).map_err(rejected)
 }
 
 /// Records a verified path: in the cache database, or through Raft.
@@ -240,21 +294,19 @@ pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError
     }
 }
 
-/// Records a blob and its path together (the batch API's last step).
+/// Records a blob and its path together (the batch API's last step): on a cluster, in
+/// the same Raft entry as the blob's first holders.
 pub async fn commit_blob_and_path(
     s: &Shared,
     blob: &BlobRecord,
     path: &PathRecord,
 ) -> Result<(), ServerError> {
-    match s.catalog.node() {
+    match s.catalog.node().cloned() {
         None => {
             let (blob, path) = (blob.clone(), path.clone());
             with_local_db(s, move |db| db.put_blob_and_path(&blob, &path)).await
         }
-        Some(_) => {
-            commit_blob(s, blob).await?;
-            commit_path(s, path).await
-        }
+        Some(node) => replicate(s, &node, blob, Some(path)).await,
     }
 }
 
@@ -304,9 +356,13 @@ async fn copy_to(s: &AppState, node: &Node, m: &Member, rec: &BlobRecord) -> Res
     else {
         return Err("the blob is not on this node's disk".into());
     };
-    let file = tokio::fs::File::from_std(file);
-    let body =
-        reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
+    let body = match crate::zerocopy::Mapped::whole(file, len) {
+        Ok(bytes) => reqwest::Body::from(bytes),
+        Err((file, _)) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file),
+            256 << 10,
+        )),
+    };
     let rb = node
         .wire()
         .bulk_request(

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
-use nix_formats::store_path::{parse_hash_part, HASH_PART_LEN};
+use nix_formats::store_path::{is_hash_part, parse_hash_part, HASH_PART_LEN};
 use nix_formats::{Hash, HashAlgo, NarInfo, StorePath};
 use store::PathInfo;
 
@@ -297,7 +297,7 @@ async fn confirmed_miss(s: &Shared, hash: &str) -> Result<Response, ServerError>
 /// 404 for an unknown one. redb and SQLite point lookups take microseconds, so they run
 /// inline rather than paying for a hop to the blocking pool.
 fn find(s: &AppState, hash: &str) -> Result<Found, ServerError> {
-    parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    check_hash(hash)?;
     if let Some(rec) = s.catalog.get_path(hash)? {
         return Ok(Found::Cache(rec));
     }
@@ -306,7 +306,7 @@ fn find(s: &AppState, hash: &str) -> Result<Found, ServerError> {
 
 /// Looks a path up in the local Nix store only.
 fn lookup_local(s: &AppState, hash: &str) -> Result<PathInfo, ServerError> {
-    parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    check_hash(hash)?;
     match &s.store {
         Some(local) => local.query_by_hash_part(hash)?.ok_or(ServerError::NotFound),
         None => Err(ServerError::NotFound),
@@ -325,8 +325,16 @@ fn nar_url(s: &AppState, info: &PathInfo) -> (String, &'static str) {
     }
 }
 
+/// 400 for a malformed hash part.
+fn check_hash(hash: &str) -> Result<(), ServerError> {
+    match is_hash_part(hash) {
+        true => Ok(()),
+        false => Err(ServerError::BadHash),
+    }
+}
+
 fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
-    parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    check_hash(hash)?;
     // Read before the lookups: a change in between makes the entry stale at once.
     // No local generation (changes cannot be watched): nothing is cached.
     let local = s.store.as_ref().map(|l| l.generation());

@@ -13,6 +13,9 @@
 //!
 //! Stored blobs and compressed variants are never rewritten in place (new files are
 //! renamed in, old ones unlinked), so a mapping always shows the bytes it was made for.
+//! Node-to-node blob copies send mappings too ([`Mapped::whole`]): there the kernel
+//! copies from the mapping into the socket, which reports a fault as an error rather
+//! than a signal.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -81,6 +84,17 @@ impl Mapped {
         );
         LIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Mapped { map })
+    }
+
+    /// The whole file as one `Bytes` (empty for an empty file), or the file back when
+    /// it cannot be mapped. For node-to-node copies: the socket write then copies
+    /// straight from the page cache (the kernel reads the mapping, this process never
+    /// does), with no read into a buffer first.
+    pub fn whole(file: File, len: u64) -> Result<Bytes, (File, io::Error)> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        Mapped::new(file, len).map(|m| m.into_bytes(0, len))
     }
 
     /// The body: `start..start + len` of the file, without reading it.

@@ -94,6 +94,19 @@ pub enum Command {
         /// Unix seconds, stamped by the proposer.
         at: u64,
     },
+    /// An upload in one entry: registers every node in `holders` as holding a durable,
+    /// verified copy of `blob` (as [`Command::RegisterHolder`] would, in order), then,
+    /// when there is one, puts `path` (as [`Command::PutPath`] would, against the
+    /// holders just registered). Registrations that succeed stay even when the path is
+    /// refused: the copies are real either way.
+    CommitUpload {
+        blob: BlobRecord,
+        holders: Vec<NodeId>,
+        /// Unix seconds, stamped by the proposer.
+        at: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathRecord>,
+    },
     /// Records that `node` no longer holds the blob (sent before its file is deleted).
     /// A blob with no holders and no paths naming it is forgotten.
     UnregisterHolder {
@@ -125,6 +138,18 @@ impl fmt::Display for Command {
             Command::PutPath { path } => write!(f, "put_path {}", path.store_path),
             Command::RegisterHolder { blob, node, .. } => {
                 write!(f, "register_holder {} node {node}", blob.file_hash)
+            }
+            Command::CommitUpload {
+                blob,
+                holders,
+                path,
+                ..
+            } => {
+                write!(f, "commit_upload {} nodes {holders:?}", blob.file_hash)?;
+                match path {
+                    Some(p) => write!(f, " path {}", p.store_path),
+                    None => Ok(()),
+                }
             }
             Command::UnregisterHolder {
                 file_hash, node, ..

@@ -24,7 +24,7 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, WriteTransaction,
 };
-use store::meta::{PathRecord, TokenRecord};
+use store::meta::{BlobRecord, PathRecord, TokenRecord};
 
 use crate::command::{
     Applied, BlobEntry, Command, NodeId, PinRecord, Rejection, Response, RetentionSettings,
@@ -129,42 +129,24 @@ pub(crate) fn apply_command(
 ) -> Result<Response, RaftStoreError> {
     match cmd {
         Command::PutPath { path } => put_path_checked(tx, path, index, required),
-        Command::RegisterHolder { blob, node, at } => {
-            let mut blobs = tx.open_table(BLOBS)?;
-            let key = blob.file_hash.digest();
-            let existing = match blobs.get(key)? {
-                Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
-                None => None,
-            };
-            let mut entry = match existing {
-                Some(e) => {
-                    let same = e.blob.file_size == blob.file_size
-                        && e.blob.compression == blob.compression
-                        && e.blob.nar_hash == blob.nar_hash
-                        && e.blob.nar_size == blob.nar_size;
-                    if !same {
-                        return Ok(Err(Rejection::BlobConflict {
-                            file_hash: blob.file_hash.to_string(),
-                        }));
-                    }
-                    e
+        Command::RegisterHolder { blob, node, at } => register_holder(tx, blob, *node, *at, index),
+        Command::CommitUpload {
+            blob,
+            holders,
+            at,
+            path,
+        } => {
+            let mut last = Ok(Applied::Nothing);
+            for node in holders {
+                last = register_holder(tx, blob, *node, *at, index)?;
+                if last.is_err() {
+                    return Ok(last);
                 }
-                None => BlobEntry {
-                    blob: blob.clone(),
-                    holders: Default::default(),
-                    refcount: 0,
-                    generation: index,
-                },
-            };
-            // A re-registration keeps the first time: the same command twice, or a
-            // retried one, leaves the entry as it was.
-            if !entry.holders.contains_key(node) {
-                entry.holders.insert(*node, *at);
-                entry.generation = index;
             }
-            let holders = entry.holders.len();
-            blobs.insert(key, encode("blob", &entry)?.as_slice())?;
-            Ok(Ok(Applied::HolderRegistered { holders }))
+            match path {
+                Some(path) => put_path_checked(tx, path, index, required),
+                None => Ok(last),
+            }
         }
         Command::UnregisterHolder {
             file_hash,
@@ -239,6 +221,51 @@ pub(crate) fn apply_command(
             Ok(Ok(Applied::RetentionSet))
         }
     }
+}
+
+/// [`Command::RegisterHolder`]: records that `node` holds a verified copy of `blob`.
+fn register_holder(
+    tx: &WriteTransaction,
+    blob: &BlobRecord,
+    node: NodeId,
+    at: u64,
+    index: u64,
+) -> Result<Response, RaftStoreError> {
+    let mut blobs = tx.open_table(BLOBS)?;
+    let key = blob.file_hash.digest();
+    let existing = match blobs.get(key)? {
+        Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
+        None => None,
+    };
+    let mut entry = match existing {
+        Some(e) => {
+            let same = e.blob.file_size == blob.file_size
+                && e.blob.compression == blob.compression
+                && e.blob.nar_hash == blob.nar_hash
+                && e.blob.nar_size == blob.nar_size;
+            if !same {
+                return Ok(Err(Rejection::BlobConflict {
+                    file_hash: blob.file_hash.to_string(),
+                }));
+            }
+            e
+        }
+        None => BlobEntry {
+            blob: blob.clone(),
+            holders: Default::default(),
+            refcount: 0,
+            generation: index,
+        },
+    };
+    // A re-registration keeps the first time: the same command twice, or a
+    // retried one, leaves the entry as it was.
+    if let std::collections::btree_map::Entry::Vacant(v) = entry.holders.entry(node) {
+        v.insert(at);
+        entry.generation = index;
+    }
+    let holders = entry.holders.len();
+    blobs.insert(key, encode("blob", &entry)?.as_slice())?;
+    Ok(Ok(Applied::HolderRegistered { holders }))
 }
 
 fn put_path_checked(

@@ -30,6 +30,12 @@ pub enum StorePathError {
     BadStoreDir,
 }
 
+/// True when `s` is a well-formed hash part: 32 nixbase32 characters (160 bits, so any
+/// such string decodes; no decoding needed to tell).
+pub fn is_hash_part(s: &str) -> bool {
+    s.len() == HASH_PART_LEN && nixbase32::is_valid(s)
+}
+
 /// Parses the 32-character hash part of a store path (what `<hash>.narinfo` names).
 pub fn parse_hash_part(s: &str) -> Result<[u8; DIGEST_LEN], StorePathError> {
     if s.len() != HASH_PART_LEN {
@@ -171,6 +177,20 @@ impl fmt::Display for StoreDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_part_check_agrees_with_parsing() {
+        for s in [
+            "0mhxs8i8rz8bvwxzmhygw2j8qp4asgc0",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "0mhxs8i8rz8bvwxzmhygw2j8qp4asgce",
+            "0mhxs8i8rz8bvwxzmhygw2j8qp4asgc",
+            "0mhxs8i8rz8bvwxzmhygw2j8qp4asgc00",
+            "0MHXS8I8RZ8BVWXZMHYGW2J8QP4ASGC0",
+        ] {
+            assert_eq!(is_hash_part(s), parse_hash_part(s).is_ok(), "{s}");
+        }
+    }
 
     const P: &str = "00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432";
 

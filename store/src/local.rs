@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod watch;
 
-use nix_formats::store_path::{parse_hash_part, HASH_PART_LEN};
+use nix_formats::store_path::is_hash_part;
 use nix_formats::{Hash, StoreDir, StorePath};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -192,7 +192,7 @@ impl LocalStore {
         generation: Option<u64>,
     ) -> Result<Option<PathInfo>, StoreError> {
         let generation = generation.or_else(|| self.generation());
-        if parse_hash_part(hash_part).is_err() || !self.may_have(hash_part, generation)? {
+        if !is_hash_part(hash_part) || !self.may_have(hash_part, generation)? {
             return Ok(None);
         }
         if let Some(g) = generation {
@@ -345,9 +345,4 @@ impl RawRow {
             ca: r.get(7)?,
         })
     }
-}
-
-/// Length check kept next to the query so a narinfo route can validate cheaply.
-pub fn is_hash_part(s: &str) -> bool {
-    s.len() == HASH_PART_LEN && parse_hash_part(s).is_ok()
 }

@@ -332,7 +332,7 @@ orphan_grace_secs = {grace}
         let mut cmd = Command::new(crate::cachectl_bin());
         let (sub, rest) = args.split_first().expect("a subcommand");
         cmd.arg(sub);
-        if *sub == "status" {
+        if *sub == "status" || *sub == "push" {
             cmd.args(["--cache", &self.url(id)]);
         } else {
             cmd.args(["--server", &self.url(id)]);

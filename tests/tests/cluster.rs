@@ -147,6 +147,25 @@ fn upload_through_one_node_and_substitute_from_another() {
     assert_eq!(v["paths"], (paths.len() + 1) as u64, "{v}");
     assert_eq!(v["under_replicated_blobs"], 0, "{v}");
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "{v}");
+
+    // The batch API (`cachectl push`) through node 3: each path is committed in the
+    // same Raft entry as its blob's first holders, and reads at once from node 1.
+    let pushed = nix.build_fixtures(&testkit::salt(), 3);
+    let mut args = vec!["push", "--json"];
+    args.extend(pushed.iter().map(String::as_str));
+    let out = c.cachectl(3, &args);
+    assert!(
+        out.status.success(),
+        "cachectl push through node 3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_invariants(&c, &[1, 2, 3], &pushed);
+    let total = paths.len() + 1 + pushed.len();
+    wait_for(
+        Duration::from_secs(30),
+        "three copies of the pushed blobs",
+        || c.ids().iter().all(|&id| c.blob_files(id).len() == total),
+    );
 }
 
 #[test]

@@ -213,6 +213,67 @@ fn a_path_needs_two_holders_in_a_three_node_cluster() {
     assert_eq!(state.applied_index().unwrap(), Some(log.next - 1));
 }
 
+/// An upload in one entry: holders, then the path against them; a path the holders
+/// cannot carry is refused while the registrations stay; the entry applied twice
+/// changes nothing more.
+#[test]
+fn an_upload_commits_holders_and_path_in_one_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = open(dir.path(), HolderRule::default());
+    let state = sm.state();
+    let mut log = Log::new();
+    let m = log.membership(&[1, 2, 3]);
+    let upload = |n: u64, holders: Vec<u64>, path: Option<PathRecord>| Command::CommitUpload {
+        blob: blob(n),
+        holders,
+        at: 1_700_000_100,
+        path,
+    };
+    let short = log.cmd(upload(1, vec![1], Some(path(1))));
+    let whole = log.cmd(upload(2, vec![1, 3], Some(path(2))));
+    let again = log.cmd(upload(2, vec![1, 3], Some(path(2))));
+    let late = log.cmd(upload(2, vec![2], None));
+    let out = apply(&sm, &[m, short, whole, again, late]);
+    assert_eq!(
+        out[1],
+        Err(Rejection::TooFewHolders {
+            file_hash: file_hash(1).to_string(),
+            holders: 1,
+            required: 2
+        })
+    );
+    assert_eq!(state.holders(&file_hash(1)).unwrap(), vec![1]);
+    assert_eq!(state.path(&store_path(1).hash_part()).unwrap(), None);
+    assert_eq!(out[2], Ok(Applied::PathStored { replaced: false }));
+    assert_eq!(out[3], Ok(Applied::PathStored { replaced: true }));
+    assert_eq!(out[4], Ok(Applied::HolderRegistered { holders: 3 }));
+    assert_eq!(
+        state.path(&store_path(2).hash_part()).unwrap(),
+        Some(path(2))
+    );
+    assert_eq!(state.holders(&file_hash(2)).unwrap(), vec![1, 2, 3]);
+    let b = state.blob(&file_hash(2)).unwrap().expect("blob entry");
+    assert_eq!(b.refcount, 1, "the same path twice counts once");
+    let mut conflicting = blob(3);
+    let bad = log.cmd(upload(3, vec![1], None));
+    conflicting.nar_size += 1;
+    let clash = log.cmd(Command::CommitUpload {
+        blob: conflicting,
+        holders: vec![2],
+        at: 1_700_000_200,
+        path: Some(path(3)),
+    });
+    let out = apply(&sm, &[bad, clash]);
+    assert_eq!(out[0], Ok(Applied::HolderRegistered { holders: 1 }));
+    assert_eq!(
+        out[1],
+        Err(Rejection::BlobConflict {
+            file_hash: file_hash(3).to_string()
+        })
+    );
+    assert_eq!(state.path(&store_path(3).hash_part()).unwrap(), None);
+}
+
 #[test]
 fn a_single_node_cluster_accepts_one_holder() {
     let dir = tempfile::tempdir().unwrap();
