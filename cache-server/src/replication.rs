@@ -103,10 +103,20 @@ pub fn replica_target(s: &AppState, members: usize) -> usize {
 
 /// Registers this node as a holder of `blob` through Raft.
 async fn register_self(node: &Node, blob: BlobRecord) -> Result<(), ServerError> {
+    register_holder(node, blob, node.id(), now()).await
+}
+
+/// Registers `holder` as a holder of `blob` through Raft, as of `at`.
+async fn register_holder(
+    node: &Node,
+    blob: BlobRecord,
+    holder: NodeId,
+    at: u64,
+) -> Result<(), ServerError> {
     let cmd = Command::RegisterHolder {
         blob,
-        node: node.id(),
-        at: now(),
+        node: holder,
+        at,
     };
     node.write(cmd)
         .await
@@ -204,16 +214,9 @@ async fn replicate(
                     if joined {
                         Ok(())
                     } else {
-                        let cmd = Command::RegisterHolder {
-                            blob: rec2.clone(),
-                            node: m.node_id,
-                            at,
-                        };
-                        match node2.write(cmd).await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(r)) => Err(r.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        }
+                        register_holder(&node2, rec2.clone(), m.node_id, at)
+                            .await
+                            .map_err(|e| e.to_string())
                     }
                 }
                 Err(e) => Err(e),

@@ -858,10 +858,11 @@ async fn cache_nar(
         } else {
             // A whole blob is checked as it streams unless it is known unchanged since
             // it last hashed right; a part cannot be checked.
-            let verify = (n == len && !s.blobs.is_verified(file_hash, &file)).then(|| {
+            let before = store::blobs::BlobStore::stamp(&file);
+            let known_good = before.is_some_and(|b| s.blobs.is_verified(file_hash, &b));
+            let verify = (n == len && !known_good).then(|| {
                 let (st, h) = (s.clone(), file_hash.clone());
                 let (st2, h2) = (s.clone(), file_hash.clone());
-                let before = store::blobs::BlobStore::stamp(&file);
                 let rt = tokio::runtime::Handle::current();
                 nar_stream::Verify {
                     expected: file_hash.clone(),

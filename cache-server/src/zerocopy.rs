@@ -35,12 +35,10 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 #[derive(Clone, Copy, Debug)]
 pub struct Zerocopy;
 
-/// A registered mapping: where its bytes come from.
+/// A registered mapping (of a file from its first byte): where its bytes come from.
 struct Region {
     end: usize,
     file: Arc<File>,
-    /// File offset of the mapping's first byte.
-    offset: u64,
 }
 
 /// Live mappings by start address. Ranges never overlap (they are live mappings).
@@ -79,7 +77,6 @@ impl Mapped {
             Region {
                 end: start + size,
                 file: Arc::new(file),
-                offset: 0,
             },
         );
         LIVE.fetch_add(1, Ordering::Relaxed);
@@ -126,8 +123,7 @@ fn lookup(slice: &[u8]) -> Option<(Arc<File>, u64)> {
     let at = slice.as_ptr() as usize;
     let regions = REGIONS.read();
     let (&start, region) = regions.range(..=at).next_back()?;
-    (at + slice.len() <= region.end)
-        .then(|| (region.file.clone(), region.offset + (at - start) as u64))
+    (at + slice.len() <= region.end).then(|| (region.file.clone(), (at - start) as u64))
 }
 
 /// A socket whose vectored writes send registered mappings with `sendfile`.
@@ -170,9 +166,11 @@ impl Socket for tokio::net::UnixStream {
 /// share packets), or the mapped slice with `sendfile`.
 fn write_front(socket: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     use rustix::net::{SendAncillaryBuffer, SendFlags};
-    let first_mapped = bufs.iter().position(|b| lookup(b).is_some());
-    if first_mapped == Some(0) {
-        let (file, mut offset) = lookup(&bufs[0]).expect("found above");
+    let first_mapped = bufs
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| lookup(b).map(|found| (i, found)));
+    if let Some((0, (file, mut offset))) = first_mapped {
         let n = rustix::fs::sendfile(socket, &*file, Some(&mut offset), bufs[0].len())?;
         if n == 0 {
             // The file ended before its mapping did: it was cut short under us.
@@ -183,9 +181,10 @@ fn write_front(socket: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize
         }
         return Ok(n);
     }
-    let count = first_mapped.unwrap_or(bufs.len()).min(1024);
+    let next_mapped = first_mapped.map(|(i, _)| i);
+    let count = next_mapped.unwrap_or(bufs.len()).min(1024);
     let mut flags = SendFlags::NOSIGNAL;
-    if first_mapped.is_some() {
+    if next_mapped.is_some() {
         flags |= SendFlags::MORE;
     }
     Ok(rustix::net::sendmsg(

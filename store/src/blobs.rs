@@ -235,9 +235,9 @@ impl BlobStore {
             staging,
             reserve_bytes,
             durable_dirs: Mutex::new(durable),
-            verified: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(VERIFIED_MEMO).expect("non-zero"),
-            )),
+            // Grows with use (bounded in `remember`): `LruCache::new` would allocate
+            // room for every entry up front.
+            verified: Mutex::new(lru::LruCache::unbounded()),
             _lock: lock,
         })
     }
@@ -357,38 +357,42 @@ impl BlobStore {
     }
 
     /// Records that `file`, the stored blob `file_hash`, was just read in full and
-    /// hashed to its name (ingest, a checked serve).
+    /// hashed to its name (ingest).
     pub fn note_verified(&self, file_hash: &Hash, file: &File) {
         if let Some(stamp) = Stamp::of(file) {
-            self.verified
-                .lock()
-                .put(file_hash.clone(), (stamp, std::time::Instant::now()));
+            self.remember(file_hash, stamp);
         }
     }
 
-    /// [`BlobStore::note_verified`] for a file read while others could write it:
-    /// recorded only when it is still as it was (`before`) when the reading started.
+    /// [`BlobStore::note_verified`] for a file read while others could write it (a
+    /// checked serve): recorded only when it is still as it was (`before`, its
+    /// [`BlobStore::stamp`]) when the reading started.
     pub fn note_verified_since(&self, file_hash: &Hash, before: Option<Stamp>, file: &File) {
-        if before.is_some() && Stamp::of(file) == before {
-            self.note_verified(file_hash, file);
+        if let Some(before) = before.filter(|b| Stamp::of(file) == Some(*b)) {
+            self.remember(file_hash, before);
         }
     }
 
-    /// What [`BlobStore::note_verified_since`] compares.
+    fn remember(&self, file_hash: &Hash, stamp: Stamp) {
+        let mut memo = self.verified.lock();
+        memo.put(file_hash.clone(), (stamp, std::time::Instant::now()));
+        if memo.len() > VERIFIED_MEMO {
+            memo.pop_lru();
+        }
+    }
+
+    /// What identifies an opened blob file's content now (`None` if it cannot be read).
     pub fn stamp(file: &File) -> Option<Stamp> {
         Stamp::of(file)
     }
 
-    /// True when `file` (the stored blob `file_hash`, opened) is unchanged since it
-    /// last hashed to its name in this process, less than an hour ago, so it can be
-    /// served without hashing it again.
-    pub fn is_verified(&self, file_hash: &Hash, file: &File) -> bool {
-        let Some(now) = Stamp::of(file) else {
-            return false;
-        };
+    /// True when the stored blob `file_hash`, whose opened file has `stamp`, is
+    /// unchanged since it last hashed to its name in this process, less than an hour
+    /// ago, so it can be served without hashing it again.
+    pub fn is_verified(&self, file_hash: &Hash, stamp: &Stamp) -> bool {
         matches!(
             self.verified.lock().get(file_hash),
-            Some((stamp, at)) if *stamp == now && at.elapsed() < REVERIFY_AFTER
+            Some((then, at)) if then == stamp && at.elapsed() < REVERIFY_AFTER
         )
     }
 
