@@ -305,8 +305,12 @@ impl BlobStore {
     }
 
     /// Ingests a copy of a blob another node verified (replication, repair): the bytes
-    /// must hash to `file_hash` and hold the NAR `expected` describes, exactly as at the
-    /// first ingest.
+    /// must hash to `file_hash`. That is the whole check: the blob is named by the
+    /// SHA-256 of its bytes, and the node that first stored it verified that exactly
+    /// these bytes hold the archive `expected` describes (NarHash, NarSize, canonical
+    /// form), so a copy that hashes right holds it too, and decompressing it again
+    /// would only repeat that work on every node. Any change to the bytes on the way or
+    /// on the sender's disk changes the hash and is refused.
     pub fn ingest_replica(
         &self,
         body: impl Read,
@@ -315,14 +319,7 @@ impl BlobStore {
         expected: ExpectedNar<'_>,
         max_bytes: u64,
     ) -> Result<Ingested, BlobError> {
-        ingest::ingest(
-            self,
-            body,
-            compression,
-            Some(file_hash),
-            Some(expected),
-            max_bytes,
-        )
+        ingest::copy(self, body, compression, file_hash, expected, max_bytes)
     }
 
     /// Verifies a file assembled elsewhere on this disk (the parts of a resumable

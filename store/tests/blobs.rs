@@ -339,6 +339,65 @@ fn a_failing_body_is_a_body_error_and_leaves_nothing() {
     }
 }
 
+/// A replica is checked by its FileHash alone: the bytes a peer verified arrive whole
+/// and are stored; any changed byte, missing byte or extra byte changes the hash and
+/// leaves nothing behind.
+#[test]
+fn a_replica_is_stored_when_its_bytes_hash_right_and_refused_otherwise() {
+    let (_dir, store) = open();
+    let nar = fixture_nar(50_000);
+    let nar_hash = Hash::sha256_of(&nar);
+    let expected = || store::blobs::ExpectedNar {
+        nar_hash: &nar_hash,
+        nar_size: nar.len() as u64,
+    };
+    let body = compress(Compression::Zstd, &nar);
+    let file_hash = Hash::sha256_of(&body);
+
+    let mut flipped = body.clone();
+    flipped[body.len() / 2] ^= 0x01;
+    let mut longer = body.clone();
+    longer.push(0);
+    for (what, bad) in [
+        ("a flipped byte", &flipped[..]),
+        ("a missing byte", &body[..body.len() - 1]),
+        ("an extra byte", &longer[..]),
+    ] {
+        let err = store
+            .ingest_replica(bad, Compression::Zstd, &file_hash, expected(), MAX)
+            .expect_err(what);
+        match err {
+            BlobError::FileHashMismatch { expected, actual } => {
+                assert_eq!(expected, file_hash, "{what}");
+                assert_eq!(actual, Hash::sha256_of(bad), "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_empty(&store);
+    }
+
+    let got = store
+        .ingest_replica(&body[..], Compression::Zstd, &file_hash, expected(), MAX)
+        .unwrap();
+    assert_eq!(
+        got,
+        Ingested {
+            file_hash: file_hash.clone(),
+            file_size: body.len() as u64,
+            nar_hash: nar_hash.clone(),
+            nar_size: nar.len() as u64,
+            compression: Compression::Zstd,
+        }
+    );
+    assert_eq!(fs::read(store.blob_path(&file_hash)).unwrap(), body);
+    assert!(staging_files(&store).is_empty());
+    // The cap holds for copies too.
+    let err = store
+        .ingest_replica(&body[..], Compression::Zstd, &file_hash, expected(), 100)
+        .unwrap_err();
+    assert!(matches!(err, BlobError::TooLarge { max: 100 }), "{err:?}");
+}
+
 #[test]
 fn reingest_is_idempotent() {
     let (_dir, store) = open();

@@ -51,22 +51,16 @@ pub(super) fn ingest(
     expected_nar: Option<ExpectedNar<'_>>,
     max_bytes: u64,
 ) -> Result<Ingested, BlobError> {
-    // A body of unknown length is refused before it is read when the disk is already
-    // into its reserve; from here on, `Intake` checks as bytes arrive.
-    store.check_reserve(0)?;
-    // Removed on drop: any `?` below leaves nothing behind.
-    let staging = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempfile_in(&store.staging)
-        .map_err(|e| store.write_error(e, 0))?;
+    let staging = staging_file(store, "upload-")?;
     let (summary, file_hash, file_size) = receive(
         store,
         Some(staging.as_file()),
         body,
-        compression,
+        Some(compression),
         expected_file_hash,
         max_bytes,
     )?;
+    let summary = summary.expect("the archive was checked");
     check_nar(&summary, expected_nar)?;
     place(store, staging, &file_hash, file_size)?;
     Ok(Ingested {
@@ -76,6 +70,17 @@ pub(super) fn ingest(
         nar_size: summary.nar_size,
         compression,
     })
+}
+
+/// A new staging file, removed on drop (any `?` after it leaves nothing behind). A
+/// body of unknown length is refused before it is read when the disk is already into
+/// its reserve; from then on, `Intake` checks as bytes arrive.
+fn staging_file(store: &BlobStore, prefix: &str) -> Result<NamedTempFile, BlobError> {
+    store.check_reserve(0)?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(&store.staging)
+        .map_err(|e| store.write_error(e, 0))
 }
 
 /// Verifies an assembled upload in place and renames it into the store; see
@@ -97,7 +102,8 @@ pub(super) fn adopt(
     let owned = NamedTempFile::from_parts(file, temp_path);
     let reader = owned.as_file().try_clone().map_err(BlobError::Io)?;
     let (summary, file_hash, file_size) =
-        receive(store, None, reader, compression, None, max_bytes)?;
+        receive(store, None, reader, Some(compression), None, max_bytes)?;
+    let summary = summary.expect("the archive was checked");
     check_nar(&summary, Some(expected))?;
     owned
         .as_file()
@@ -109,6 +115,36 @@ pub(super) fn adopt(
         file_size,
         nar_hash: summary.nar_hash,
         nar_size: summary.nar_size,
+        compression,
+    })
+}
+
+/// Stores a byte-for-byte copy of a blob another node verified; see
+/// [`BlobStore::ingest_replica`]. Only the FileHash is checked: bytes that hash to it
+/// are the bytes whose archive was verified at the first ingest.
+pub(super) fn copy(
+    store: &BlobStore,
+    body: impl Read,
+    compression: Compression,
+    file_hash: &Hash,
+    expected: ExpectedNar<'_>,
+    max_bytes: u64,
+) -> Result<Ingested, BlobError> {
+    let staging = staging_file(store, "copy-")?;
+    let (_, file_hash, file_size) = receive(
+        store,
+        Some(staging.as_file()),
+        body,
+        None,
+        Some(file_hash),
+        max_bytes,
+    )?;
+    place(store, staging, &file_hash, file_size)?;
+    Ok(Ingested {
+        file_hash,
+        file_size,
+        nar_hash: expected.nar_hash.clone(),
+        nar_size: expected.nar_size,
         compression,
     })
 }
@@ -134,22 +170,33 @@ fn check_nar(summary: &NarSummary, expected: Option<ExpectedNar<'_>>) -> Result<
 }
 
 /// Streams `body` while verifying it, into `staging` when given (an assembled file
-/// being adopted is only read), and makes the staging file durable. Returns the NAR
-/// summary, FileHash and FileSize.
+/// being adopted is only read), and makes the staging file durable. With a
+/// `compression`, the body must be one whole archive in it (the NAR summary is
+/// returned); without, it is only hashed. Returns the NAR summary, FileHash and
+/// FileSize.
 fn receive(
     store: &BlobStore,
     staging: Option<&File>,
     body: impl Read,
-    compression: Compression,
+    compression: Option<Compression>,
     expected_file_hash: Option<&Hash>,
     max_bytes: u64,
-) -> Result<(NarSummary, Hash, u64), BlobError> {
+) -> Result<(Option<NarSummary>, Hash, u64), BlobError> {
     let mut intake = Intake::new(store, body, staging, max_bytes);
-    let summary = match validate(&mut intake, compression) {
-        Ok(summary) => summary,
-        Err(e) => return Err(intake.failure.take().unwrap_or(e)),
+    let summary = match compression {
+        Some(compression) => {
+            let summary = match validate(&mut intake, compression) {
+                Ok(summary) => summary,
+                Err(e) => return Err(intake.failure.take().unwrap_or(e)),
+            };
+            intake.expect_eof(compression)?;
+            Some(summary)
+        }
+        None => {
+            intake.drain()?;
+            None
+        }
     };
-    intake.expect_eof(compression)?;
     let (file_hash, file_size, writer) = intake.finish();
     if let Some(expected) = expected_file_hash {
         if *expected != file_hash {
@@ -280,6 +327,19 @@ impl<'a, R: Read> Intake<'a, R> {
     fn fail(&mut self, e: BlobError) -> io::Error {
         self.failure = Some(e);
         intake_failed()
+    }
+
+    /// Reads the body to its end (staging and hashing it) without looking inside.
+    fn drain(&mut self) -> Result<(), BlobError> {
+        let mut buf = vec![0u8; STAGING_BUFFER];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.failure.take().unwrap_or(BlobError::Body(e))),
+            }
+        }
     }
 
     /// After the decompressed stream ended: the compressed stream must end too. The
