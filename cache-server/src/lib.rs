@@ -23,6 +23,7 @@ pub mod state;
 pub mod upload;
 pub mod variants;
 pub mod zerocopy;
+mod zstd_frames;
 
 pub use config::{Config, FileConfig};
 pub use error::ServerError;

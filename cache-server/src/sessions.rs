@@ -697,20 +697,29 @@ fn append_part(
             next_space_check: 1 << 20,
             failure: None,
         };
-        let room = nar_size - before.nar_offset;
-        let nar_bytes = match count_nar_bytes(&mut tee, compression, room) {
+        let counted = match count_nar_bytes(&mut tee, compression) {
             Ok(n) => n,
             Err(e) => return Err(tee.failure.take().unwrap_or(e)),
         };
-        if nar_bytes == 0 {
-            return Err(reject("an empty part"));
-        }
         let written = tee.written;
         tee.out
             .into_inner()
             .map_err(|e| space_or_io(e.into_error()))?
             .sync_data()
             .map_err(space_or_io)?;
+        let nar_bytes = match counted {
+            Some(n) => n,
+            None => decoded_size(data, before.file_size, written)?,
+        };
+        if nar_bytes == 0 {
+            return Err(reject("an empty part"));
+        }
+        let room = nar_size - before.nar_offset;
+        if nar_bytes > room {
+            return Err(reject(format!(
+                "the part holds more NAR bytes than the {room} the session has left"
+            )));
+        }
         Ok(Progress {
             nar_offset: before.nar_offset + nar_bytes,
             file_size: before.file_size + written,
@@ -724,37 +733,41 @@ fn append_part(
     result
 }
 
-/// Decodes the part as it is written, counting NAR bytes; fails past `room`.
+/// Reads the part through `tee` (which stores it) and counts its NAR bytes: for zstd,
+/// the part must be whole frames, and the sizes their headers declare are the count
+/// (`None` when a frame declares none). The content is decompressed and verified once,
+/// when the finished upload is adopted.
 fn count_nar_bytes(
     tee: &mut Tee<'_, impl Read>,
     compression: Compression,
-    room: u64,
-) -> Result<u64, ServerError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut count = 0u64;
-    let mut reader: Box<dyn Read + '_> = match compression {
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut *tee)?),
-        _ => Box::new(&mut *tee),
-    };
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(reject(format!(
-                    "the part is not whole zstd frames (cut short or corrupt): {e}"
-                )))
-            }
-        };
-        count += n as u64;
-        if count > room {
-            return Err(reject(format!(
-                "the part holds more NAR bytes than the {room} the session has left"
-            )));
+) -> Result<Option<u64>, ServerError> {
+    match compression {
+        // Block headers are read a few bytes at a time: buffer the body.
+        Compression::Zstd => {
+            crate::zstd_frames::content_size(&mut io::BufReader::with_capacity(64 * 1024, tee))
+                .map_err(|e| {
+                    reject(format!(
+                        "the part is not whole zstd frames (cut short or corrupt): {e}"
+                    ))
+                })
         }
+        _ => io::copy(tee, &mut io::sink())
+            .map(Some)
+            .map_err(ServerError::Io),
     }
-    Ok(count)
+}
+
+/// The NAR bytes in `len` bytes of zstd frames at `offset` of `data`, by decompressing
+/// them (a part whose frame headers do not say).
+fn decoded_size(data: &FsPath, offset: u64, len: u64) -> Result<u64, ServerError> {
+    let mut file = File::open(data)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut decoder = zstd::stream::read::Decoder::new(io::Read::take(file, len))?;
+    io::copy(&mut decoder, &mut io::sink()).map_err(|e| {
+        reject(format!(
+            "the part is not whole zstd frames (cut short or corrupt): {e}"
+        ))
+    })
 }
 
 /// Writes what is read from the body into the session's `data` file.

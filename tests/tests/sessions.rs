@@ -216,8 +216,10 @@ fn parts_survive_mistakes_and_a_restart_then_the_path_substitutes() {
         let (st, v) = put_part(&url, &id, 0, frame(&a.nar[..PART as usize])).await;
         assert_eq!((st, &v["nar_offset"]), (409, &json!(PART)), "{v}");
 
-        // A frame cut short: refused, the session stays where it was.
-        let whole = frame(&a.nar[PART as usize..2 * PART as usize]);
+        // A frame cut short: refused, the session stays where it was. (This part's
+        // frame does not declare its size, unlike cachectl's: the server counts its NAR
+        // bytes by decompressing it.)
+        let whole = zstd::encode_all(&a.nar[PART as usize..2 * PART as usize], 1).unwrap();
         let (st, v) = put_part(&url, &id, PART, whole[..whole.len() / 2].to_vec()).await;
         assert_eq!(st, 400, "{v}");
         assert!(v.as_str().unwrap().contains("zstd frames"), "{v}");
@@ -375,6 +377,18 @@ fn a_whole_that_does_not_verify_leaves_nothing() {
         assert_eq!(last.0, 400, "{}", last.1);
         assert!(last.1.as_str().unwrap().contains("NarHash"), "{}", last.1);
         assert_eq!(look(&url, id).await.0, 404);
+
+        // One part whose frame structure is whole but whose last byte is wrong: its
+        // header says how much it holds, so it is taken as a part; the whole, decompressed
+        // and verified at the end, is refused and the session goes.
+        let (st, s) = create(&url, Some(PUSH), &create_body(&small)).await;
+        assert_eq!(st, 200, "{s}");
+        let id = s["id"].as_str().unwrap();
+        let mut bad = frame(&small.nar);
+        *bad.last_mut().unwrap() ^= 0x55;
+        let (st, v) = put_part(&url, id, 0, bad).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(look(&url, id).await.0, 404, "the session is gone");
 
         // A NAR that is not one: a valid zstd frame of garbage, in one part.
         let mut body = create_body(&other);
