@@ -212,7 +212,8 @@ fn parse_file_hash(file: &str) -> Result<Hash, ServerError> {
     Hash::parse_digest(nix_formats::HashAlgo::Sha256, file).map_err(|_| ServerError::BadHash)
 }
 
-/// A copy of a blob from a peer: verified like an upload before it is kept.
+/// A copy of a blob from a peer: kept once its bytes hash to the FileHash and are fsynced
+/// (see `BlobStore::ingest_replica`).
 async fn put_blob(
     State(s): State<Shared>,
     Path(file): Path<String>,

@@ -1,13 +1,13 @@
 //! The cluster's write and read paths for blobs, and the repair worker.
 //!
 //! Writing (any node): the upload is ingested here (staged, verified, fsynced, renamed);
-//! then copied to every other member at once, each of which verifies it the same way
-//! before answering; then every node that holds it is registered through Raft; then the
-//! path record. The state machine accepts the path only when its blob has the holders
+//! then copied to every other member at once, each of which checks that the bytes hash
+//! to the blob's FileHash (the bytes verified here) and fsyncs them before answering;
+//! then every node that holds it is registered through Raft; then the path record. The state machine accepts the path only when its blob has the holders
 //! the rule requires, so a narinfo is never visible with fewer than two copies.
 //!
 //! Reading a blob this node lacks: fetched from a holder into the local blob store
-//! (verified like an upload), registered, then served from disk: the response head goes
+//! (checked against its FileHash), registered, then served from disk: the response head goes
 //! out only once the bytes are here and checked.
 //!
 //! Repair: every `repair_interval_secs`, each node fetches the blobs that have fewer
@@ -350,7 +350,8 @@ pub fn transfer_timeout(bytes: u64) -> Duration {
     Duration::from_secs(10) + Duration::from_millis(bytes / 10_000)
 }
 
-/// Sends this node's copy of `rec` to member `m`, which verifies it before answering.
+/// Sends this node's copy of `rec` to member `m`, which checks it hashes to the FileHash
+/// and makes it durable before answering.
 async fn copy_to(s: &AppState, node: &Node, m: &Member, rec: &BlobRecord) -> Result<(), String> {
     let Some((file, len)) = s
         .blobs
