@@ -3,12 +3,13 @@
 //! Writing (any node): the upload is ingested here (staged, verified, fsynced, renamed);
 //! then copied to every other member at once, each of which checks that the bytes hash
 //! to the blob's FileHash (the bytes verified here) and fsyncs them before answering;
-//! then every node that holds it is registered through Raft; then the path record. The state machine accepts the path only when its blob has the holders
-//! the rule requires, so a narinfo is never visible with fewer than two copies.
+//! then every node that holds it is registered through Raft; then the path record. The
+//! state machine accepts the path only when its blob has the holders the rule requires,
+//! so a narinfo is never visible with fewer than two copies.
 //!
 //! Reading a blob this node lacks: fetched from a holder into the local blob store
-//! (checked against its FileHash), registered, then served from disk: the response head goes
-//! out only once the bytes are here and checked.
+//! (checked against its FileHash), registered, then served from disk: the response head
+//! goes out only once the bytes are here and checked.
 //!
 //! Repair: every `repair_interval_secs`, each node fetches the blobs that have fewer
 //! copies than `replicas` and that it does not hold, one at a time.

@@ -858,7 +858,7 @@ async fn cache_nar(
         } else {
             // A whole blob is checked as it streams unless it is known unchanged since
             // it last hashed right; a part cannot be checked.
-            let before = store::blobs::BlobStore::stamp(&file);
+            let before = store::blobs::Stamp::of(&file);
             let known_good = before.is_some_and(|b| s.blobs.is_verified(file_hash, &b));
             let verify = (n == len && !known_good).then(|| {
                 let (st, h) = (s.clone(), file_hash.clone());

@@ -745,11 +745,7 @@ fn count_nar_bytes(
         // Block headers are read a few bytes at a time: buffer the body.
         Compression::Zstd => {
             crate::zstd_frames::content_size(&mut io::BufReader::with_capacity(64 * 1024, tee))
-                .map_err(|e| {
-                    reject(format!(
-                        "the part is not whole zstd frames (cut short or corrupt): {e}"
-                    ))
-                })
+                .map_err(not_whole_frames)
         }
         _ => io::copy(tee, &mut io::sink())
             .map(Some)
@@ -763,11 +759,13 @@ fn decoded_size(data: &FsPath, offset: u64, len: u64) -> Result<u64, ServerError
     let mut file = File::open(data)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut decoder = zstd::stream::read::Decoder::new(io::Read::take(file, len))?;
-    io::copy(&mut decoder, &mut io::sink()).map_err(|e| {
-        reject(format!(
-            "the part is not whole zstd frames (cut short or corrupt): {e}"
-        ))
-    })
+    io::copy(&mut decoder, &mut io::sink()).map_err(not_whole_frames)
+}
+
+fn not_whole_frames(e: impl std::fmt::Display) -> ServerError {
+    reject(format!(
+        "the part is not whole zstd frames (cut short or corrupt): {e}"
+    ))
 }
 
 /// Writes what is read from the body into the session's `data` file.

@@ -157,7 +157,8 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    fn of(file: &File) -> Option<Stamp> {
+    /// What identifies an opened file's content now (`None` if it cannot be read).
+    pub fn of(file: &File) -> Option<Stamp> {
         use std::os::unix::fs::MetadataExt;
         let m = file.metadata().ok()?;
         Some(Stamp {
@@ -363,7 +364,7 @@ impl BlobStore {
 
     /// [`BlobStore::note_verified`] for a file read while others could write it (a
     /// checked serve): recorded only when it is still as it was (`before`, its
-    /// [`BlobStore::stamp`]) when the reading started.
+    /// [`Stamp::of`]) when the reading started.
     pub fn note_verified_since(&self, file_hash: &Hash, before: Option<Stamp>, file: &File) {
         if let Some(before) = before.filter(|b| Stamp::of(file) == Some(*b)) {
             self.remember(file_hash, before);
@@ -376,11 +377,6 @@ impl BlobStore {
         if memo.len() > VERIFIED_MEMO {
             memo.pop_lru();
         }
-    }
-
-    /// What identifies an opened blob file's content now (`None` if it cannot be read).
-    pub fn stamp(file: &File) -> Option<Stamp> {
-        Stamp::of(file)
     }
 
     /// True when the stored blob `file_hash`, whose opened file has `stamp`, is

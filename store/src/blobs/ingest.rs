@@ -56,11 +56,10 @@ pub(super) fn ingest(
         store,
         Some(staging.as_file()),
         body,
-        Some(compression),
         expected_file_hash,
         max_bytes,
+        |intake| read_archive(intake, compression),
     )?;
-    let summary = summary.expect("the archive was checked");
     check_nar(&summary, expected_nar)?;
     place(store, staging, &file_hash, file_size)?;
     Ok(Ingested {
@@ -102,8 +101,9 @@ pub(super) fn adopt(
     let owned = NamedTempFile::from_parts(file, temp_path);
     let reader = owned.as_file().try_clone().map_err(BlobError::Io)?;
     let (summary, file_hash, file_size) =
-        receive(store, None, reader, Some(compression), None, max_bytes)?;
-    let summary = summary.expect("the archive was checked");
+        receive(store, None, reader, None, max_bytes, |intake| {
+            read_archive(intake, compression)
+        })?;
     check_nar(&summary, Some(expected))?;
     owned
         .as_file()
@@ -131,13 +131,13 @@ pub(super) fn copy(
     max_bytes: u64,
 ) -> Result<Ingested, BlobError> {
     let staging = staging_file(store, "copy-")?;
-    let (_, file_hash, file_size) = receive(
+    let ((), file_hash, file_size) = receive(
         store,
         Some(staging.as_file()),
         body,
-        None,
         Some(file_hash),
         max_bytes,
+        |intake| intake.drain(),
     )?;
     place(store, staging, &file_hash, file_size)?;
     Ok(Ingested {
@@ -169,34 +169,20 @@ fn check_nar(summary: &NarSummary, expected: Option<ExpectedNar<'_>>) -> Result<
     Ok(())
 }
 
-/// Streams `body` while verifying it, into `staging` when given (an assembled file
-/// being adopted is only read), and makes the staging file durable. With a
-/// `compression`, the body must be one whole archive in it (the NAR summary is
-/// returned); without, it is only hashed. Returns the NAR summary, FileHash and
-/// FileSize.
-fn receive(
+/// Streams `body` through an [`Intake`], into `staging` when given (an assembled file
+/// being adopted is only read), with `read` consuming it to its end ([`read_archive`]
+/// for an archive, [`Intake::drain`] for bytes only hashed), and makes the staging file
+/// durable. Returns what `read` found, FileHash and FileSize.
+fn receive<R: Read, T>(
     store: &BlobStore,
     staging: Option<&File>,
-    body: impl Read,
-    compression: Option<Compression>,
+    body: R,
     expected_file_hash: Option<&Hash>,
     max_bytes: u64,
-) -> Result<(Option<NarSummary>, Hash, u64), BlobError> {
+    read: impl FnOnce(&mut Intake<'_, R>) -> Result<T, BlobError>,
+) -> Result<(T, Hash, u64), BlobError> {
     let mut intake = Intake::new(store, body, staging, max_bytes);
-    let summary = match compression {
-        Some(compression) => {
-            let summary = match validate(&mut intake, compression) {
-                Ok(summary) => summary,
-                Err(e) => return Err(intake.failure.take().unwrap_or(e)),
-            };
-            intake.expect_eof(compression)?;
-            Some(summary)
-        }
-        None => {
-            intake.drain()?;
-            None
-        }
-    };
+    let found = read(&mut intake)?;
     let (file_hash, file_size, writer) = intake.finish();
     if let Some(expected) = expected_file_hash {
         if *expected != file_hash {
@@ -213,7 +199,20 @@ fn receive(
             .sync_all()
             .map_err(|e| store.write_error(e, file_size))?;
     }
-    Ok((summary, file_hash, file_size))
+    Ok((found, file_hash, file_size))
+}
+
+/// Reads the body as one whole archive in `compression`, to its end: NarHash, NarSize.
+fn read_archive<R: Read>(
+    intake: &mut Intake<'_, R>,
+    compression: Compression,
+) -> Result<NarSummary, BlobError> {
+    let summary = match validate(intake, compression) {
+        Ok(summary) => summary,
+        Err(e) => return Err(intake.failure.take().unwrap_or(e)),
+    };
+    intake.expect_eof(compression)?;
+    Ok(summary)
 }
 
 /// Renames a verified, fsynced staging file to its blob path without replacing an
