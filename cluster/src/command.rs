@@ -31,6 +31,12 @@ pub struct BlobEntry {
     /// The log index of the command that last changed this entry: moves on every
     /// change, and is the same on every node.
     pub generation: u64,
+    /// When the last path naming this blob went (Unix seconds, from the command that
+    /// removed or repointed it); `None` while a path names it. Orphan sweeps wait out
+    /// their grace period from here, so a NAR whose narinfo a client fetched just before
+    /// GC can still be downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreferenced_since: Option<u64>,
 }
 
 impl BlobEntry {
@@ -129,6 +135,24 @@ pub enum Command {
     Unpin { hash_part: String },
     /// Replaces the retention settings.
     SetRetention { settings: RetentionSettings },
+    /// Records that these paths were served at `at` (Unix seconds, stamped by the
+    /// proposer). A path's recorded access only moves forward; unknown paths are skipped.
+    Touch { hash_parts: Vec<String>, at: u64 },
+    /// GC's deletion of paths it planned from an older state. A victim is deleted only
+    /// if, when this entry is applied, it still exists with the stamp the plan saw
+    /// (neither re-uploaded nor served since), is not pinned, and no path that stays
+    /// references it; the rest are kept. The blobs of deleted paths lose a reference;
+    /// one no path names any more is marked unreferenced at `at` and left to the orphan
+    /// sweep's grace period.
+    DeletePaths { victims: Vec<GcVictim>, at: u64 },
+}
+
+/// A path GC plans to delete, with the stamp it planned from: the later of its
+/// registration and its last recorded access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcVictim {
+    pub hash_part: String,
+    pub stamp: u64,
 }
 
 /// A short summary for logs: names what changes, never a secret.
@@ -161,6 +185,10 @@ impl fmt::Display for Command {
             Command::Pin { pin } => write!(f, "pin {}", pin.hash_part),
             Command::Unpin { hash_part } => write!(f, "unpin {hash_part}"),
             Command::SetRetention { .. } => f.write_str("set_retention"),
+            Command::Touch { hash_parts, .. } => write!(f, "touch {} path(s)", hash_parts.len()),
+            Command::DeletePaths { victims, .. } => {
+                write!(f, "delete_paths {} path(s)", victims.len())
+            }
         }
     }
 }
@@ -193,6 +221,16 @@ pub enum Applied {
         was_pinned: bool,
     },
     RetentionSet,
+    Touched {
+        /// How many of the named paths exist.
+        paths: usize,
+    },
+    PathsDeleted {
+        deleted: usize,
+        /// Victims kept because they changed since the plan, were pinned, were gone
+        /// already, or are referenced by a path that stays.
+        kept: usize,
+    },
 }
 
 /// Why the state machine refused a command. The state is unchanged.

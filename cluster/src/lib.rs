@@ -6,6 +6,7 @@
 //!   API the HTTP layer serves from;
 //! - [`raft`]: openraft's type configuration and storage over redb (the only module
 //!   that names openraft);
+//! - [`gc`]: which paths the retention settings and pins let go;
 //! - [`identity`]: the cluster id and node id on disk, written once;
 //! - [`secret`]: the shared secret that authenticates node-to-node traffic;
 //! - [`net`]: the internal HTTP API's client side and openraft's network over it;
@@ -21,6 +22,7 @@
 
 pub mod command;
 pub mod error;
+pub mod gc;
 pub mod identity;
 pub mod net;
 pub mod node;
@@ -29,7 +31,8 @@ pub mod secret;
 pub mod state;
 
 pub use command::{
-    Applied, BlobEntry, Command, NodeId, PinRecord, Rejection, Response, RetentionSettings,
+    Applied, BlobEntry, Command, GcVictim, NodeId, PinRecord, Rejection, Response,
+    RetentionSettings,
 };
 pub use error::RaftStoreError;
 pub use identity::{ClusterId, ClusterIdentity, IdentityError};

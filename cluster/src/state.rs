@@ -10,6 +10,11 @@
 //! | `token_ids` | token id | sha256 of the token text (raw bytes) |
 //! | `pins` | store path hash part | [`PinRecord`] |
 //! | `settings` | `"retention"` | [`RetentionSettings`] |
+//! | `access` | store path hash part | when the path was last served (Unix seconds) |
+//! | `referrers` (multimap) | hash part of a reference | hash parts of the paths naming it |
+//!
+//! `referrers` is derived from the path records (kept in step by every write of a path,
+//! rebuilt when a schema 1 database is opened); GC asks it which paths still need one.
 //!
 //! Nothing here knows openraft: the Raft side (log ids, membership, snapshots) lives in
 //! [`crate::raft`], which calls `apply_command` inside its own write transaction.
@@ -21,18 +26,20 @@ use std::sync::Arc;
 use nix_formats::Hash;
 use parking_lot::RwLock;
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableMultimapTable,
+    ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use store::meta::{BlobRecord, PathRecord, TokenRecord};
 
 use crate::command::{
-    Applied, BlobEntry, Command, NodeId, PinRecord, Rejection, Response, RetentionSettings,
+    Applied, BlobEntry, Command, GcVictim, NodeId, PinRecord, Rejection, Response,
+    RetentionSettings,
 };
 use crate::error::{decode, encode, RaftStoreError};
 
-/// The format version of `raft-state.redb` this code reads and writes.
-pub const STATE_SCHEMA_VERSION: u64 = 1;
+/// The format version of `raft-state.redb` this code reads and writes. Version 1 had no
+/// `access` and `referrers` tables; opening it builds them.
+pub const STATE_SCHEMA_VERSION: u64 = 2;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const PATHS: TableDefinition<&str, &[u8]> = TableDefinition::new("paths");
@@ -41,6 +48,9 @@ pub(crate) const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("t
 pub(crate) const TOKEN_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_ids");
 pub(crate) const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
 pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+pub(crate) const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+pub(crate) const REFERRERS: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("referrers");
 
 const RETENTION_KEY: &str = "retention";
 
@@ -92,20 +102,21 @@ pub(crate) fn prepare(db: &Database) -> Result<(), RaftStoreError> {
             Some(v) => Some(decode::<u64>("schema", v.value())?),
             None => None,
         };
-        match found {
-            None => {
-                meta.insert(
-                    "schema",
-                    encode("schema", &STATE_SCHEMA_VERSION)?.as_slice(),
-                )?;
-            }
+        let rebuild = match found {
+            None => false,
             Some(found) if found > STATE_SCHEMA_VERSION => {
                 return Err(RaftStoreError::Schema {
                     found,
                     supported: STATE_SCHEMA_VERSION,
                 });
             }
-            Some(_) => {}
+            Some(found) => found < STATE_SCHEMA_VERSION,
+        };
+        if found != Some(STATE_SCHEMA_VERSION) {
+            meta.insert(
+                "schema",
+                encode("schema", &STATE_SCHEMA_VERSION)?.as_slice(),
+            )?;
         }
         tx.open_table(PATHS)?;
         tx.open_table(BLOBS)?;
@@ -113,6 +124,18 @@ pub(crate) fn prepare(db: &Database) -> Result<(), RaftStoreError> {
         tx.open_table(TOKEN_IDS)?;
         tx.open_table(PINS)?;
         tx.open_table(SETTINGS)?;
+        tx.open_table(ACCESS)?;
+        tx.open_multimap_table(REFERRERS)?;
+        if rebuild {
+            let paths: Vec<PathRecord> = tx
+                .open_table(PATHS)?
+                .iter()?
+                .map(|e| decode("path", e?.1.value()))
+                .collect::<Result<_, _>>()?;
+            for p in &paths {
+                index_references(&tx, p)?;
+            }
+        }
     }
     tx.commit()?;
     Ok(())
@@ -220,7 +243,147 @@ pub(crate) fn apply_command(
             put_retention(tx, settings)?;
             Ok(Ok(Applied::RetentionSet))
         }
+        Command::Touch { hash_parts, at } => {
+            let paths = tx.open_table(PATHS)?;
+            let mut access = tx.open_table(ACCESS)?;
+            let mut n = 0;
+            for h in hash_parts {
+                if paths.get(h.as_str())?.is_none() {
+                    continue;
+                }
+                n += 1;
+                let old = access.get(h.as_str())?.map(|v| v.value());
+                if old.is_none_or(|old| old < *at) {
+                    access.insert(h.as_str(), *at)?;
+                }
+            }
+            Ok(Ok(Applied::Touched { paths: n }))
+        }
+        Command::DeletePaths { victims, at } => delete_paths(tx, victims, *at, index),
     }
+}
+
+/// The stamp GC plans with: the later of a path's registration and its last access.
+pub(crate) fn gc_stamp(path: &PathRecord, access: Option<u64>) -> u64 {
+    path.registered.max(access.unwrap_or(0))
+}
+
+/// The other paths a path names (itself left out).
+fn other_references(path: &PathRecord) -> impl Iterator<Item = String> + '_ {
+    let me = path.store_path.hash_part();
+    path.references
+        .iter()
+        .map(|r| r.hash_part())
+        .filter(move |h| *h != me)
+}
+
+/// Adds `path` as a referrer of each path it names.
+fn index_references(tx: &WriteTransaction, path: &PathRecord) -> Result<(), RaftStoreError> {
+    let mut referrers = tx.open_multimap_table(REFERRERS)?;
+    let me = path.store_path.hash_part();
+    for r in other_references(path) {
+        referrers.insert(r.as_str(), me.as_str())?;
+    }
+    Ok(())
+}
+
+/// Removes `path` as a referrer of each path it names.
+fn unindex_references(tx: &WriteTransaction, path: &PathRecord) -> Result<(), RaftStoreError> {
+    let mut referrers = tx.open_multimap_table(REFERRERS)?;
+    let me = path.store_path.hash_part();
+    for r in other_references(path) {
+        referrers.remove(r.as_str(), me.as_str())?;
+    }
+    Ok(())
+}
+
+/// Takes one reference off a blob; the last one marks it unreferenced at `at`, and a
+/// blob with neither paths nor holders is forgotten.
+fn release_blob(
+    tx: &WriteTransaction,
+    file_hash: &Hash,
+    at: u64,
+    index: u64,
+) -> Result<(), RaftStoreError> {
+    let mut blobs = tx.open_table(BLOBS)?;
+    let key = file_hash.digest();
+    let entry = match blobs.get(key)? {
+        Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
+        None => None,
+    };
+    let Some(mut e) = entry else {
+        return Ok(());
+    };
+    e.refcount = e.refcount.saturating_sub(1);
+    e.generation = index;
+    if e.refcount == 0 {
+        e.unreferenced_since = Some(at);
+        if e.holders.is_empty() {
+            blobs.remove(key)?;
+            return Ok(());
+        }
+    }
+    blobs.insert(key, encode("blob", &e)?.as_slice())?;
+    Ok(())
+}
+
+/// [`Command::DeletePaths`].
+fn delete_paths(
+    tx: &WriteTransaction,
+    victims: &[GcVictim],
+    at: u64,
+    index: u64,
+) -> Result<Response, RaftStoreError> {
+    let mut doomed: std::collections::BTreeMap<String, PathRecord> = Default::default();
+    {
+        let paths = tx.open_table(PATHS)?;
+        let access = tx.open_table(ACCESS)?;
+        let pins = tx.open_table(PINS)?;
+        for v in victims {
+            let Some(rec) = paths.get(v.hash_part.as_str())? else {
+                continue;
+            };
+            let rec: PathRecord = decode("path", rec.value())?;
+            let seen = access.get(v.hash_part.as_str())?.map(|a| a.value());
+            if gc_stamp(&rec, seen) != v.stamp || pins.get(v.hash_part.as_str())?.is_some() {
+                continue;
+            }
+            doomed.insert(v.hash_part.clone(), rec);
+        }
+    }
+    // A victim that a staying path names stays too, and so, in turn, may what it names:
+    // drop such victims until none is left.
+    {
+        let referrers = tx.open_multimap_table(REFERRERS)?;
+        loop {
+            let mut saved = Vec::new();
+            for h in doomed.keys() {
+                for r in referrers.get(h.as_str())? {
+                    if !doomed.contains_key(r?.value()) {
+                        saved.push(h.clone());
+                        break;
+                    }
+                }
+            }
+            if saved.is_empty() {
+                break;
+            }
+            for h in saved {
+                doomed.remove(&h);
+            }
+        }
+    }
+    let deleted = doomed.len();
+    for (h, rec) in &doomed {
+        tx.open_table(PATHS)?.remove(h.as_str())?;
+        tx.open_table(ACCESS)?.remove(h.as_str())?;
+        unindex_references(tx, rec)?;
+        release_blob(tx, &rec.url_file_hash, at, index)?;
+    }
+    Ok(Ok(Applied::PathsDeleted {
+        deleted,
+        kept: victims.len() - deleted,
+    }))
 }
 
 /// [`Command::RegisterHolder`]: records that `node` holds a verified copy of `blob`.
@@ -255,6 +418,7 @@ fn register_holder(
             holders: Default::default(),
             refcount: 0,
             generation: index,
+            unreferenced_since: None,
         },
     };
     // A re-registration keeps the first time: the same command twice, or a
@@ -304,29 +468,22 @@ fn put_path_checked(
         .map(|o| o.url_file_hash.clone())
         .filter(|h| h != &path.url_file_hash);
     let newly_named = old.is_none() || old_blob.is_some();
-    if let Some(old_hash) = old_blob {
-        let old_key = old_hash.digest();
-        let old_entry = match blobs.get(old_key)? {
-            Some(v) => Some(decode::<BlobEntry>("blob", v.value())?),
-            None => None,
-        };
-        if let Some(mut e) = old_entry {
-            e.refcount = e.refcount.saturating_sub(1);
-            e.generation = index;
-            if e.refcount == 0 && e.holders.is_empty() {
-                blobs.remove(old_key)?;
-            } else {
-                blobs.insert(old_key, encode("blob", &e)?.as_slice())?;
-            }
-        }
-    }
     if newly_named {
         let mut blob = blob;
         blob.refcount += 1;
         blob.generation = index;
+        blob.unreferenced_since = None;
         blobs.insert(new_key, encode("blob", &blob)?.as_slice())?;
     }
     paths.insert(hash_part.as_str(), encode("path", path)?.as_slice())?;
+    drop((blobs, paths));
+    if let Some(old_hash) = old_blob {
+        release_blob(tx, &old_hash, path.registered, index)?;
+    }
+    if let Some(old) = &old {
+        unindex_references(tx, old)?;
+    }
+    index_references(tx, path)?;
     Ok(Ok(Applied::PathStored {
         replaced: old.is_some(),
     }))
@@ -373,6 +530,16 @@ pub(crate) fn put_path_raw(tx: &WriteTransaction, path: &PathRecord) -> Result<(
         path.store_path.hash_part().as_str(),
         encode("path", path)?.as_slice(),
     )?;
+    index_references(tx, path)
+}
+
+/// Writes a path's recorded access as is (snapshot install).
+pub(crate) fn put_access_raw(
+    tx: &WriteTransaction,
+    hash_part: &str,
+    at: u64,
+) -> Result<(), RaftStoreError> {
+    tx.open_table(ACCESS)?.insert(hash_part, at)?;
     Ok(())
 }
 
@@ -390,6 +557,11 @@ pub(crate) enum StateRecord {
     Token(TokenRecord),
     Pin(PinRecord),
     Retention(RetentionSettings),
+    /// When a path was last served.
+    Access {
+        hash_part: String,
+        at: u64,
+    },
 }
 
 /// Visits every record of the state seen by `tx`, table by table in key order.
@@ -415,6 +587,13 @@ pub(crate) fn for_each_record(
     }
     if let Some(v) = tx.open_table(SETTINGS)?.get(RETENTION_KEY)? {
         f(StateRecord::Retention(decode("settings", v.value())?))?;
+    }
+    for entry in tx.open_table(ACCESS)?.iter()? {
+        let (k, v) = entry?;
+        f(StateRecord::Access {
+            hash_part: k.value().to_string(),
+            at: v.value(),
+        })?;
     }
     Ok(())
 }
@@ -625,6 +804,55 @@ impl ClusterState {
             out.push(decode("token", v.value())?);
         }
         Ok(out)
+    }
+
+    /// Everything a GC plan is made from, read in one transaction: every path with its
+    /// references, registration, last access and blob size; the pins; the retention
+    /// settings (defaults when never set).
+    pub fn gc_input(&self, now: u64) -> Result<crate::gc::GcInput, RaftStoreError> {
+        let tx = self.read()?;
+        let access = tx.open_table(ACCESS)?;
+        let blobs = tx.open_table(BLOBS)?;
+        let mut paths = Vec::new();
+        for entry in tx.open_table(PATHS)?.iter()? {
+            let (k, v) = entry?;
+            let rec: PathRecord = decode("path", v.value())?;
+            let file_size = match blobs.get(rec.url_file_hash.digest())? {
+                Some(b) => decode::<BlobEntry>("blob", b.value())?.blob.file_size,
+                None => 0,
+            };
+            paths.push(crate::gc::GcPath {
+                hash_part: k.value().to_string(),
+                references: other_references(&rec).collect(),
+                registered: rec.registered,
+                last_access: access.get(k.value())?.map(|a| a.value()),
+                file_hash: rec.url_file_hash,
+                file_size,
+            });
+        }
+        let mut pins = std::collections::HashSet::new();
+        for entry in tx.open_table(PINS)?.iter()? {
+            pins.insert(entry?.0.value().to_string());
+        }
+        let retention = match tx.open_table(SETTINGS)?.get(RETENTION_KEY)? {
+            Some(v) => decode("settings", v.value())?,
+            None => RetentionSettings::default(),
+        };
+        Ok(crate::gc::GcInput {
+            paths,
+            pins,
+            retention,
+            now,
+        })
+    }
+
+    /// When the path was last served, if recorded.
+    pub fn last_access(&self, hash_part: &str) -> Result<Option<u64>, RaftStoreError> {
+        Ok(self
+            .read()?
+            .open_table(ACCESS)?
+            .get(hash_part)?
+            .map(|v| v.value()))
     }
 
     /// The index of the last log entry applied to this state, if any.

@@ -85,6 +85,7 @@ enum Line {
     Token(TokenRecord),
     Pin(PinRecord),
     Retention(RetentionSettings),
+    Access { hash_part: String, at: u64 },
     End { records: u64, sha256: String },
 }
 
@@ -96,6 +97,7 @@ impl From<StateRecord> for Line {
             StateRecord::Token(t) => Line::Token(t),
             StateRecord::Pin(p) => Line::Pin(p),
             StateRecord::Retention(s) => Line::Retention(s),
+            StateRecord::Access { hash_part, at } => Line::Access { hash_part, at },
         }
     }
 }
@@ -229,6 +231,7 @@ impl<R: Read> SnapshotReader<R> {
             Line::Token(t) => StateRecord::Token(t),
             Line::Pin(p) => StateRecord::Pin(p),
             Line::Retention(s) => StateRecord::Retention(s),
+            Line::Access { hash_part, at } => StateRecord::Access { hash_part, at },
         };
         self.hasher.update(&self.buf);
         self.records += 1;

@@ -287,6 +287,9 @@ fn install(
                 StateRecord::Token(t) => state::put_token(&tx, &t)?,
                 StateRecord::Pin(p) => state::put_pin(&tx, &p)?,
                 StateRecord::Retention(s) => state::put_retention(&tx, &s)?,
+                StateRecord::Access { hash_part, at } => {
+                    state::put_access_raw(&tx, &hash_part, at)?
+                }
             }
             n += 1;
         }

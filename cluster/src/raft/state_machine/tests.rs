@@ -12,7 +12,7 @@ use store::blobs::Compression;
 use store::meta::{BlobRecord, PathRecord, Scope, TokenRecord};
 
 use super::*;
-use crate::command::{BlobEntry, Command, PinRecord, Rejection, RetentionSettings};
+use crate::command::{BlobEntry, Command, GcVictim, PinRecord, Rejection, RetentionSettings};
 use crate::raft::{ClusterNode, LogStore, Vote};
 
 type LeaderId = <TypeConfig as openraft::RaftTypeConfig>::LeaderId;
@@ -139,6 +139,7 @@ fn dump(sm: &StateMachineStore) -> Vec<String> {
                 StateRecord::Token(t) => serde_json::to_string(&t),
                 StateRecord::Pin(p) => serde_json::to_string(&p),
                 StateRecord::Retention(s) => serde_json::to_string(&s),
+                StateRecord::Access { hash_part, at } => serde_json::to_string(&(hash_part, at)),
             }
             .expect("json"),
         );
@@ -412,6 +413,22 @@ fn workload(log: &mut Log) -> Vec<Entry> {
     v.push(log.cmd(Command::SetRetention {
         settings: retention,
     }));
+    v.push(log.cmd(Command::Touch {
+        hash_parts: vec![store_path(3).hash_part(), store_path(77).hash_part()],
+        at: 1_700_100_000,
+    }));
+    // Path 0 goes; path 4 stays, as path 3 names it.
+    v.push(
+        log.cmd(Command::DeletePaths {
+            victims: [0, 4]
+                .map(|n| GcVictim {
+                    hash_part: store_path(n).hash_part(),
+                    stamp: path(n).registered,
+                })
+                .to_vec(),
+            at: 1_700_200_000,
+        }),
+    );
     v
 }
 
@@ -484,8 +501,18 @@ fn the_workload_means_what_it_says() {
     let mut log = Log::new();
     apply(&sm, &workload(&mut log));
     let st = sm.state();
-    assert_eq!(st.path_count().unwrap(), 5);
+    assert_eq!(st.path_count().unwrap(), 4);
     assert_eq!(st.holders(&file_hash(0)).unwrap(), vec![1]);
+    let b0 = st.blob(&file_hash(0)).unwrap().unwrap();
+    assert_eq!(
+        (b0.refcount, b0.unreferenced_since),
+        (0, Some(1_700_200_000))
+    );
+    assert_eq!(
+        st.last_access(&store_path(3).hash_part()).unwrap(),
+        Some(1_700_100_000)
+    );
+    assert_eq!(st.last_access(&store_path(77).hash_part()).unwrap(), None);
     assert_eq!(
         st.blob(&file_hash(9)).unwrap(),
         None,
@@ -507,7 +534,163 @@ fn the_workload_means_what_it_says() {
     );
     let hp0 = store_path(0).hash_part();
     let absent = store_path(77).hash_part();
-    assert_eq!(st.missing(&[&hp0, &absent]).unwrap(), vec![absent.clone()]);
+    assert_eq!(st.missing(&[&hp0, &absent]).unwrap(), vec![hp0, absent]);
+}
+
+/// Paths `ns` with their blobs held by nodes 1 and 2 of three voters.
+fn put_paths(sm: &StateMachineStore, log: &mut Log, ns: &[u64]) {
+    let mut v = Vec::new();
+    for &n in ns {
+        v.push(log.cmd(register(n, 1)));
+        v.push(log.cmd(register(n, 2)));
+        v.push(log.cmd(Command::PutPath { path: path(n) }));
+    }
+    for r in apply(sm, &v) {
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
+
+#[test]
+fn gc_racing_uploads_pins_and_reads_keeps_what_changed_since_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = open(dir.path(), HolderRule::default());
+    let mut log = Log::new();
+    apply(&sm, &[log.membership(&[1, 2, 3])]);
+    // Path n names path n + 1: 1 → 2, 5, 7, 9 stand alone (6 and 8, 10 are absent).
+    put_paths(&sm, &mut log, &[1, 2, 5, 7, 9]);
+    apply(
+        &sm,
+        &[log.cmd(Command::SetRetention {
+            settings: RetentionSettings {
+                max_age_secs: Some(0),
+                ..Default::default()
+            },
+        })],
+    );
+    let plan = crate::gc::plan(&sm.state().gc_input(1_800_000_000).unwrap());
+    assert_eq!(plan.victims.len(), 5, "{plan:?}");
+
+    // Between the plan and its deletion: path 5 is uploaded again, path 7 is served,
+    // path 1 is pinned, and a new path 6 names path 7.
+    let mut again = path(5);
+    again.registered += 1000;
+    let mut v = vec![
+        log.cmd(Command::PutPath { path: again }),
+        log.cmd(Command::Touch {
+            hash_parts: vec![store_path(7).hash_part()],
+            at: 1_800_000_001,
+        }),
+        log.cmd(Command::Pin {
+            pin: PinRecord {
+                hash_part: store_path(1).hash_part(),
+                reason: None,
+                pinned: 1_800_000_001,
+            },
+        }),
+        log.cmd(register(6, 1)),
+        log.cmd(register(6, 2)),
+        log.cmd(Command::PutPath { path: path(6) }),
+    ];
+    v.push(log.cmd(Command::DeletePaths {
+        victims: plan.victims.clone(),
+        at: 1_800_000_002,
+    }));
+    let out = apply(&sm, &v);
+    assert_eq!(
+        out.last().unwrap(),
+        &Ok(Applied::PathsDeleted {
+            deleted: 1,
+            kept: 4
+        })
+    );
+    let st = sm.state();
+    for n in [1, 2, 5, 6, 7] {
+        assert!(
+            st.path(&store_path(n).hash_part()).unwrap().is_some(),
+            "path {n}"
+        );
+    }
+    assert!(st.path(&store_path(9).hash_part()).unwrap().is_none());
+    let b9 = st.blob(&file_hash(9)).unwrap().unwrap();
+    assert_eq!(b9.refcount, 0);
+    assert_eq!(b9.unreferenced_since, Some(1_800_000_002));
+    assert_eq!(b9.holders.len(), 2, "copies stay for the orphan sweep");
+
+    // The orphan sweep may now unregister blob 9's copies, never blob 7's.
+    let unregister = |n: u64| Command::UnregisterHolder {
+        file_hash: file_hash(n),
+        node: 1,
+        only_if_unreferenced: true,
+    };
+    let out = apply(&sm, &[log.cmd(unregister(9)), log.cmd(unregister(7))]);
+    assert!(out[0].is_ok());
+    assert!(matches!(out[1], Err(Rejection::StillReferenced { .. })));
+
+    // Unpinned and planned again, the whole chain goes at once, leaves first or not.
+    apply(
+        &sm,
+        &[log.cmd(Command::Unpin {
+            hash_part: store_path(1).hash_part(),
+        })],
+    );
+    let plan = crate::gc::plan(&sm.state().gc_input(1_900_000_000).unwrap());
+    let out = apply(
+        &sm,
+        &[log.cmd(Command::DeletePaths {
+            victims: plan.victims,
+            at: 1_900_000_001,
+        })],
+    );
+    assert_eq!(
+        out[0],
+        Ok(Applied::PathsDeleted {
+            deleted: 5,
+            kept: 0
+        })
+    );
+    assert_eq!(sm.state().path_count().unwrap(), 0);
+}
+
+#[test]
+fn a_schema_1_state_gets_its_referrer_index_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let sm = open(dir.path(), HolderRule::default());
+        let mut log = Log::new();
+        apply(&sm, &[log.membership(&[1, 2, 3])]);
+        put_paths(&sm, &mut log, &[1, 2]);
+    }
+    // Make it look like a database written before the index existed.
+    {
+        let db = redb::Database::open(dir.path().join("raft-state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_multimap_table(state::REFERRERS).unwrap();
+        tx.open_table(state::META)
+            .unwrap()
+            .insert("schema", serde_json::to_vec(&1u64).unwrap().as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let sm = open(dir.path(), HolderRule::default());
+    let mut log = Log { next: 100 };
+    let out = apply(
+        &sm,
+        &[log.cmd(Command::DeletePaths {
+            victims: vec![GcVictim {
+                hash_part: store_path(2).hash_part(),
+                stamp: path(2).registered,
+            }],
+            at: 1_800_000_000,
+        })],
+    );
+    assert_eq!(
+        out[0],
+        Ok(Applied::PathsDeleted {
+            deleted: 0,
+            kept: 1
+        }),
+        "path 1 names path 2"
+    );
 }
 
 #[test]
@@ -730,6 +913,7 @@ fn entries_for_blob_entries_are_json() {
         holders: [(1, 5), (3, 6)].into_iter().collect(),
         refcount: 2,
         generation: 9,
+        unreferenced_since: Some(7),
     };
     let text = serde_json::to_string(&e).unwrap();
     assert_eq!(serde_json::from_str::<BlobEntry>(&text).unwrap(), e);
