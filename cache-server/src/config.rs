@@ -210,6 +210,10 @@ pub struct ClusterFileConfig {
     /// Seconds a blob no path names is kept before the orphan sweep deletes it.
     /// Default 86400 (a day).
     pub orphan_grace_secs: Option<u64>,
+    /// Seconds between the leader's GC passes (they delete only what the retention
+    /// settings let go; none are set until `cachectl retention set`); 0 turns the
+    /// periodic pass off. Default 3600.
+    pub gc_interval_secs: Option<u64>,
 }
 
 /// A peer in `[[cluster.peers]]`.
@@ -235,6 +239,7 @@ pub struct ClusterConfig {
     pub repair_interval_secs: u64,
     pub scrub_bytes_per_sec: u64,
     pub orphan_grace_secs: u64,
+    pub gc_interval_secs: u64,
 }
 
 impl ClusterConfig {
@@ -282,6 +287,7 @@ impl ClusterConfig {
             repair_interval_secs: f.repair_interval_secs.unwrap_or(30).max(1),
             scrub_bytes_per_sec: f.scrub_bytes_per_sec.unwrap_or(8 << 20),
             orphan_grace_secs: f.orphan_grace_secs.unwrap_or(86_400),
+            gc_interval_secs: f.gc_interval_secs.unwrap_or(3600),
         })
     }
 }

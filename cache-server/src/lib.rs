@@ -8,6 +8,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod internal;
 pub mod keys;
 mod landing;

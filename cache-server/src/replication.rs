@@ -506,8 +506,10 @@ pub fn forget_holder(node: Arc<Node>, gone: NodeId) {
     });
 }
 
-/// Deletes this node's orphans: copies of blobs no path names, registered longer than
-/// `grace` ago (unregistered first, refused if a path named the blob meanwhile, so a
+/// Deletes this node's orphans: copies of blobs no path names, registered here and
+/// unreferenced (GC deleted their last path) longer than `grace` ago, or than the
+/// retention settings' `blob_grace_secs` when that is longer (unregistered first,
+/// refused if a path named the blob meanwhile, so a
 /// copy a path needs is never deleted), and blob files nothing registers here that have
 /// not been placed or wanted for `grace` (an upload refused half way, a copy whose
 /// registration never came). Returns how many files it deleted.
@@ -520,11 +522,15 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
     }
     let me = node.id();
     let now_secs = now();
+    let st = node.clone();
+    let retention = tokio::task::spawn_blocking(move || st.state().retention()).await??;
+    let grace = grace.max(Duration::from_secs(
+        retention.map_or(0, |r| r.blob_grace_secs),
+    ));
     let stale = select_blobs(&node, move |e| {
-        let old = e
-            .holders
-            .get(&me)
-            .is_some_and(|at| now_secs.saturating_sub(*at) >= grace.as_secs());
+        let since = |at: u64| now_secs.saturating_sub(at) >= grace.as_secs();
+        let old = e.holders.get(&me).is_some_and(|at| since(*at))
+            && e.unreferenced_since.is_none_or(since);
         (e.refcount == 0 && old, true)
     })
     .await?;

@@ -144,6 +144,16 @@ pub fn router(state: Shared) -> Router {
             get(api::list_tokens).post(api::create_token),
         )
         .route("/api/v1/tokens/{id}", delete(api::revoke_token))
+        .route("/api/v1/gc", post(crate::gc::run_gc))
+        .route("/api/v1/pins", get(crate::gc::list_pins))
+        .route(
+            "/api/v1/pins/{path}",
+            axum::routing::put(crate::gc::put_pin).delete(crate::gc::delete_pin),
+        )
+        .route(
+            "/api/v1/retention",
+            get(crate::gc::get_retention).put(crate::gc::put_retention),
+        )
         .route("/{file}", get(by_hash).put(put_by_hash))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -343,11 +353,22 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
         Some(Some(g)) => Some((s.catalog.generation(), g)),
         Some(None) => None,
     };
+    // Served: GC's idleness rule counts from here (cluster nodes; paths of the local
+    // Nix store are noted too, and skipped when the notes are written).
+    let served = |s: &AppState| {
+        if s.catalog.node().is_some() {
+            s.access.note(hash);
+        }
+    };
     if let Some(body) = generation.and_then(|g| s.narinfos.get(hash, g)) {
+        served(s);
         return Ok(narinfo_response(body));
     }
     let body = match s.catalog.get_path(hash)? {
-        Some(rec) => render_cache_narinfo(s, rec)?,
+        Some(rec) => {
+            served(s);
+            render_cache_narinfo(s, rec)?
+        }
         None => {
             let info = match &s.store {
                 Some(store) => store

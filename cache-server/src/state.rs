@@ -32,6 +32,8 @@ pub struct AppState {
     pub encoders: Arc<Semaphore>,
     pub variants: Arc<VariantCache>,
     pub narinfos: NarinfoCache,
+    /// Paths served since their access was last recorded (cluster nodes; see [`crate::gc`]).
+    pub access: crate::gc::AccessLog,
     /// Upload sessions in progress (docs/api.md).
     pub sessions: crate::sessions::Sessions,
     /// Build logs uploaded with `PUT /log/<drv>`.
@@ -182,6 +184,7 @@ impl AppState {
             cache_info,
             landing,
             started: std::time::Instant::now(),
+            access: Default::default(),
         }))
     }
 

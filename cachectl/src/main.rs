@@ -8,12 +8,15 @@ mod closure;
 mod cluster;
 mod drv;
 mod files;
+mod gc;
 mod hook;
 mod keygen;
 mod parts;
+mod pin;
 mod progress;
 mod push;
 mod queue;
+mod retention;
 mod status;
 mod token;
 mod uploader;
@@ -32,7 +35,9 @@ use clap::{Parser, Subcommand};
                   with; `token` creates, lists and revokes access tokens through the \
                   cache's admin API; `push` uploads store paths and their closures; \
                   `hook` (Nix's post-build-hook) queues built paths and `uploader` \
-                  uploads what is queued; `status` reports the health of the cache.",
+                  uploads what is queued; `status` reports the health of the cache; \
+                  `cluster` forms and changes a cluster; `gc`, `pin` and `retention` \
+                  decide what the cache keeps.",
     propagate_version = true
 )]
 struct Cli {
@@ -49,6 +54,9 @@ enum Command {
     Uploader(uploader::Args),
     Status(status::Args),
     Cluster(cluster::Args),
+    Gc(gc::Args),
+    Pin(pin::Args),
+    Retention(retention::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +85,9 @@ fn main() -> ExitCode {
         Command::Uploader(args) => uploader::run(args),
         Command::Status(args) => return status::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Gc(args) => gc::run(args),
+        Command::Pin(args) => pin::run(args),
+        Command::Retention(args) => retention::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -164,9 +164,14 @@ struct ServeArgs {
     /// Bytes per second of stored blobs re-hashed by the scrubber; 0 turns it off. [default: 8388608]
     #[arg(long)]
     cluster_scrub_bytes_per_sec: Option<u64>,
-    /// Seconds a blob no path names is kept before it is deleted. [default: 86400]
+    /// Seconds a blob no path names is kept before it is deleted (the retention
+    /// settings' blob_grace_secs, when longer, wins). [default: 86400]
     #[arg(long)]
     cluster_orphan_grace_secs: Option<u64>,
+    /// Seconds between the leader's GC passes (they delete only what the retention
+    /// settings let go); 0 turns them off. [default: 3600]
+    #[arg(long)]
+    cluster_gc_interval_secs: Option<u64>,
 }
 
 fn parse_peer(s: &str) -> Result<cache_server::config::PeerConfig, String> {
@@ -234,7 +239,8 @@ impl ServeArgs {
             || self.cluster_snapshot_logs.is_some()
             || self.cluster_repair_interval_secs.is_some()
             || self.cluster_scrub_bytes_per_sec.is_some()
-            || self.cluster_orphan_grace_secs.is_some();
+            || self.cluster_orphan_grace_secs.is_some()
+            || self.cluster_gc_interval_secs.is_some();
         if any_cluster_flag {
             let c = f.cluster.get_or_insert_with(Default::default);
             macro_rules! over_c {
@@ -250,7 +256,8 @@ impl ServeArgs {
                 cluster_snapshot_logs => snapshot_logs,
                 cluster_repair_interval_secs => repair_interval_secs,
                 cluster_scrub_bytes_per_sec => scrub_bytes_per_sec,
-                cluster_orphan_grace_secs => orphan_grace_secs
+                cluster_orphan_grace_secs => orphan_grace_secs,
+                cluster_gc_interval_secs => gc_interval_secs
             );
             if !self.cluster_peers.is_empty() {
                 c.peers = self.cluster_peers;
@@ -369,7 +376,13 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .cluster
                 .clone()
                 .expect("a node has a [cluster] config");
+            let gc_every = Duration::from_secs(c.gc_interval_secs);
             tokio::spawn(cache_server::replication::repair_loop(state.clone(), c));
+            tokio::spawn(cache_server::gc::gc_loop(
+                state.clone(),
+                node.clone(),
+                gc_every,
+            ));
             tokio::spawn(count_leader_changes(node, state.metrics.clone()));
         }
         tracing::info!(store = %state.config.store_dir, "serving");
