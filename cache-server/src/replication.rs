@@ -542,6 +542,11 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
             only_if_unreferenced: true,
         };
         match node.write(cmd).await.map_err(unavailable)? {
+            // An upload of the same bytes restarts the file's age before it registers
+            // its holders (see `store::blobs`): if one did, that registration may be
+            // on its way, and the file stays. Unregistered now, it goes with the
+            // unregistered files below once it is old enough.
+            Ok(_) if placed_within(s, &h, grace) => {}
             Ok(_) => {
                 drop_local_copy(s, &h)?;
                 deleted += 1;
@@ -575,6 +580,13 @@ pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError>
         tracing::info!(deleted, "deleted orphan blobs");
     }
     Ok(deleted)
+}
+
+/// Whether this node's file of the blob was placed or wanted again within `grace`.
+fn placed_within(s: &AppState, file_hash: &Hash, grace: Duration) -> bool {
+    std::fs::metadata(s.blobs.blob_path(file_hash))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < grace))
 }
 
 /// Sets aside a local blob that failed its check: on a cluster node, its holder record

@@ -562,3 +562,123 @@ fn a_node_dying_at_each_step_of_an_upload_leaves_nothing_half_done() {
         check_invariants(&c, &c.ids(), &paths);
     }
 }
+
+/// `cachectl` against node `id`, which must succeed: its stdout.
+fn cachectl_ok(c: &TestCluster, id: u64, args: &[&str]) -> String {
+    let out = c.cachectl(id, args);
+    assert!(
+        out.status.success(),
+        "cachectl {args:?} on node {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn gc_keeps_pinned_closures_deletes_the_rest_everywhere_and_a_deleted_path_can_come_back() {
+    let _g = serial();
+    let nix = Nix::new();
+    // A chain a2 → a1 → a0 (each names the one before) and a chain b1 → b0.
+    let a = nix.build_fixtures(&testkit::salt(), 3);
+    let b = nix.build_fixtures(&testkit::salt(), 2);
+    let c = TestCluster::start(Options {
+        orphan_grace_secs: 2,
+        ..Options::default()
+    });
+    copy_ok(&c, &nix, 1, &a);
+    copy_ok(&c, &nix, 1, &b);
+    wait_three_copies(&c, 5);
+
+    // Without retention settings a pass deletes nothing.
+    let v: serde_json::Value =
+        serde_json::from_str(&cachectl_ok(&c, 2, &["gc", "--json"])).unwrap();
+    assert_eq!(
+        (v["planned"].as_u64(), v["deleted"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+
+    cachectl_ok(&c, 2, &["pin", "add", &a[1], "--reason", "release 1"]);
+    let pins = cachectl_ok(&c, 3, &["pin", "list"]);
+    assert!(
+        pins.contains(hash_part(&a[1])) && pins.contains("release 1"),
+        "{pins}"
+    );
+    cachectl_ok(&c, 3, &["retention", "set", "--max-age", "0"]);
+
+    // Everything older than a second may go, but a1 is pinned and a0 in its closure.
+    let doomed: Vec<String> = vec![a[2].clone(), b[0].clone(), b[1].clone()];
+    let mut dry = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "a plan with three victims", || {
+        dry = serde_json::from_str(&cachectl_ok(&c, 1, &["gc", "--dry-run", "--json"])).unwrap();
+        dry["planned"] == 3
+    });
+    let mut planned: Vec<String> = dry["victims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    planned.sort();
+    let mut want: Vec<String> = doomed.iter().map(|p| hash_part(p).to_string()).collect();
+    want.sort();
+    assert_eq!(planned, want, "{dry}");
+    assert_eq!(dry["deleted"], 0);
+    check_invariants(&c, &c.ids(), &[a.clone(), b.clone()].concat());
+
+    let doomed_blobs: Vec<String> = doomed.iter().map(|p| blob_name(&c, 1, p)).collect();
+    let text = cachectl_ok(&c, 3, &["gc"]);
+    assert!(text.contains("deleted 3 of 5 paths"), "{text}");
+    for id in c.ids() {
+        wait_for(
+            Duration::from_secs(10),
+            "the deletions on every node",
+            || doomed.iter().all(|p| narinfo_status(&c, id, p) == 404),
+        );
+    }
+    // Invariant 6: the pinned path's closure is whole on every node.
+    check_invariants(&c, &c.ids(), &a[..2]);
+    // The deleted paths' blobs go from every node once the grace has passed; the
+    // kept ones stay.
+    wait_for(
+        Duration::from_secs(30),
+        "the deleted paths' blobs to go",
+        || {
+            c.ids().iter().all(|&id| {
+                let files: Vec<String> = c.blob_files(id).into_iter().map(|(f, _)| f).collect();
+                doomed_blobs.iter().all(|d| !files.contains(d))
+            })
+        },
+    );
+    for id in c.ids() {
+        for p in &a[..2] {
+            assert!(
+                c.has_good_copy(id, &blob_name(&c, 1, p)),
+                "node {id} lost {p}"
+            );
+        }
+    }
+
+    // A deleted path uploaded again is a path like any other.
+    copy_ok(&c, &nix, 2, &b);
+    check_invariants(&c, &c.ids(), &b);
+
+    // Unpinned, the whole chain goes (a2's deletion went before; now a1 and a0).
+    cachectl_ok(&c, 1, &["pin", "remove", &a[1]]);
+    assert!(
+        !c.cachectl(1, &["pin", "remove", &a[1]]).status.success(),
+        "no pin left"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&cachectl_ok(&c, 1, &["gc", "--dry-run", "--json"])).unwrap();
+    let victims: Vec<&str> = v["victims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        victims.contains(&hash_part(&a[0])) && victims.contains(&hash_part(&a[1])),
+        "{v}"
+    );
+}
