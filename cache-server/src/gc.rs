@@ -159,6 +159,9 @@ pub async fn gc_pass(s: &Shared, dry_run: bool) -> Result<GcReport, ServerError>
             report.kept_since_plan += kept;
         }
     }
+    s.metrics
+        .gc_paths_deleted
+        .fetch_add(report.deleted as u64, std::sync::atomic::Ordering::Relaxed);
     if report.deleted > 0 {
         tracing::info!(
             deleted = report.deleted,

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub leader_changes: AtomicU64,
     /// Stored blobs that failed a check (scrub or serve) and were set aside.
     pub scrub_failures: AtomicU64,
+    /// Paths GC passes run on this node deleted.
+    pub gc_paths_deleted: AtomicU64,
     commit_count: AtomicU64,
     commit_sum_us: AtomicU64,
 }
@@ -106,6 +108,7 @@ impl Default for Metrics {
             repair_backlog: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             scrub_failures: AtomicU64::new(0),
+            gc_paths_deleted: AtomicU64::new(0),
             commit_count: AtomicU64::new(0),
             commit_sum_us: AtomicU64::new(0),
         }
@@ -189,6 +192,11 @@ impl Metrics {
                 "cairn_blob_check_failures_total",
                 "Stored blobs that failed a hash check and were set aside.",
                 self.scrub_failures.load(Relaxed),
+            ),
+            (
+                "cairn_gc_paths_deleted_total",
+                "Paths deleted by GC passes run on this node.",
+                self.gc_paths_deleted.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {

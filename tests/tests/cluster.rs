@@ -629,6 +629,7 @@ fn gc_keeps_pinned_closures_deletes_the_rest_everywhere_and_a_deleted_path_can_c
     let doomed_blobs: Vec<String> = doomed.iter().map(|p| blob_name(&c, 1, p)).collect();
     let text = cachectl_ok(&c, 3, &["gc"]);
     assert!(text.contains("deleted 3 of 5 paths"), "{text}");
+    assert_eq!(c.metric(3, "cairn_gc_paths_deleted_total"), Some(3));
     for id in c.ids() {
         wait_for(
             Duration::from_secs(10),
