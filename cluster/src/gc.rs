@@ -173,17 +173,51 @@ pub fn plan(input: &GcInput) -> GcPlan {
             .filter(|(p, k)| !**k && !kept_blobs.contains(&p.file_hash))
             .map(|(p, _)| p),
     );
-    out.victims = input
-        .paths
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| !**k)
-        .map(|(p, _)| GcVictim {
-            hash_part: p.hash_part.clone(),
-            stamp: p.last_used(),
+    out.victims = referrers_first(input, &index, &keep)
+        .into_iter()
+        .map(|i| {
+            let p = &input.paths[i];
+            GcVictim {
+                hash_part: p.hash_part.clone(),
+                stamp: p.last_used(),
+            }
         })
         .collect();
     out.kept = out.paths - out.victims.len();
+    out
+}
+
+/// The paths not kept, each before every path it names: deleted in chunks in this
+/// order, no chunk holds a path back because a later chunk's path names it.
+fn referrers_first(input: &GcInput, index: &HashMap<&str, usize>, keep: &[bool]) -> Vec<usize> {
+    // Kahn's algorithm over the victims: a victim is ready once every victim naming
+    // it is placed. Store references have no cycles (self-references are left out).
+    let mut named_by = vec![0usize; input.paths.len()];
+    for (i, p) in input.paths.iter().enumerate() {
+        if keep[i] {
+            continue;
+        }
+        for r in &p.references {
+            if let Some(&j) = index.get(r.as_str()) {
+                named_by[j] += 1;
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..input.paths.len())
+        .filter(|&i| !keep[i] && named_by[i] == 0)
+        .collect();
+    let mut out = Vec::new();
+    while let Some(i) = ready.pop() {
+        out.push(i);
+        for r in &input.paths[i].references {
+            if let Some(&j) = index.get(r.as_str()) {
+                named_by[j] -= 1;
+                if named_by[j] == 0 && !keep[j] {
+                    ready.push(j);
+                }
+            }
+        }
+    }
     out
 }
 
@@ -302,6 +336,16 @@ mod tests {
         };
         let plan_idle = plan(&input);
         assert_eq!(victims(&plan_idle), ["p1", "p8"]);
+        // Unpinned, p6 comes before p7, which it names.
+        input.pins.clear();
+        let unpinned = plan(&input);
+        let order: Vec<&str> = unpinned
+            .victims
+            .iter()
+            .map(|v| v.hash_part.as_str())
+            .collect();
+        let at = |h: &str| order.iter().position(|x| *x == h).unwrap();
+        assert!(at("p6") < at("p7"), "{order:?}");
         let stamp = |h: &str| {
             plan_idle
                 .victims
