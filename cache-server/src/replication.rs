@@ -262,12 +262,17 @@ async fn replicate(
     if path.is_some() {
         failpoint("before-path");
     }
+    let requires = match path {
+        Some(p) => required_references(s, p)?,
+        None => Vec::new(),
+    };
     let started = std::time::Instant::now();
     let cmd = Command::CommitUpload {
         blob: rec.clone(),
         holders,
         at,
         path: path.cloned(),
+        requires,
     };
     let r = node.write(cmd).await.map_err(unavailable)?;
     if path.is_some() {
@@ -275,6 +280,28 @@ async fn replicate(
         failpoint("after-path");
     }
     r.map(|_| ()).map_err(rejected)
+}
+
+/// The references of `rec` the upload relies on the cluster for (all but itself and
+/// those the local Nix store serves; none when missing references are allowed): the
+/// state machine refuses the path if GC deleted one after the upload checked it.
+fn required_references(s: &AppState, rec: &PathRecord) -> Result<Vec<String>, ServerError> {
+    if s.config.allow_missing_references {
+        return Ok(Vec::new());
+    }
+    let me = rec.store_path.hash_part();
+    let mut out = Vec::new();
+    for r in &rec.references {
+        let h = r.hash_part();
+        let local = match &s.store {
+            Some(l) => l.query_by_hash_part(&h)?.is_some(),
+            None => false,
+        };
+        if h != me && !local {
+            out.push(h);
+        }
+    }
+    Ok(out)
 }
 
 /// Records a verified path: in the cache database, or through Raft.
@@ -286,9 +313,13 @@ pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError
         }
         Some(node) => {
             failpoint("before-path");
+            let requires = required_references(s, rec)?;
             let started = std::time::Instant::now();
             let r = node
-                .write(Command::PutPath { path: rec.clone() })
+                .write(Command::PutPath {
+                    path: rec.clone(),
+                    requires,
+                })
                 .await
                 .map_err(unavailable)?;
             s.metrics.observe_commit(started.elapsed());

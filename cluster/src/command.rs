@@ -91,7 +91,14 @@ pub enum Command {
     /// Makes a path visible (its narinfo). Accepted only when its blob has at least the
     /// required number of holders and the blob's NarHash/NarSize equal the path's.
     /// Replaces any record of the same store path.
-    PutPath { path: PathRecord },
+    PutPath {
+        path: PathRecord,
+        /// Hash parts of the references the upload found in the cluster's state: each
+        /// must still be there when the entry is applied (GC may have deleted one since
+        /// the upload checked), else the path is refused.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        requires: Vec<String>,
+    },
     /// Records that `node` holds a durable, verified copy of `blob`. Creates the blob
     /// entry on first registration; later registrations must agree with it.
     RegisterHolder {
@@ -112,6 +119,9 @@ pub enum Command {
         at: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathRecord>,
+        /// As [`Command::PutPath`]'s, for `path`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        requires: Vec<String>,
     },
     /// Records that `node` no longer holds the blob (sent before its file is deleted).
     /// A blob with no holders and no paths naming it is forgotten.
@@ -159,7 +169,7 @@ pub struct GcVictim {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::PutPath { path } => write!(f, "put_path {}", path.store_path),
+            Command::PutPath { path, .. } => write!(f, "put_path {}", path.store_path),
             Command::RegisterHolder { blob, node, .. } => {
                 write!(f, "register_holder {} node {node}", blob.file_hash)
             }
@@ -250,6 +260,9 @@ pub enum Rejection {
     /// A path's NarHash/NarSize differ from what was verified at ingest (invariant 4).
     #[error("the NarHash/NarSize of the path differ from blob {file_hash}'s")]
     NarMismatch { file_hash: String },
+    /// A path names a path that is gone (GC deleted it after the upload checked).
+    #[error("reference {hash_part} is no longer in the cache; upload it again")]
+    MissingReference { hash_part: String },
     /// A GC unregistration of a blob that a path names again.
     #[error("blob {file_hash} is named by a path")]
     StillReferenced { file_hash: String },

@@ -151,13 +151,16 @@ pub(crate) fn apply_command(
     required: usize,
 ) -> Result<Response, RaftStoreError> {
     match cmd {
-        Command::PutPath { path } => put_path_checked(tx, path, index, required),
+        Command::PutPath { path, requires } => {
+            put_path_checked(tx, path, requires, index, required)
+        }
         Command::RegisterHolder { blob, node, at } => register_holder(tx, blob, *node, *at, index),
         Command::CommitUpload {
             blob,
             holders,
             at,
             path,
+            requires,
         } => {
             let mut last = Ok(Applied::Nothing);
             for node in holders {
@@ -167,7 +170,7 @@ pub(crate) fn apply_command(
                 }
             }
             match path {
-                Some(path) => put_path_checked(tx, path, index, required),
+                Some(path) => put_path_checked(tx, path, requires, index, required),
                 None => Ok(last),
             }
         }
@@ -435,11 +438,19 @@ fn register_holder(
 fn put_path_checked(
     tx: &WriteTransaction,
     path: &PathRecord,
+    requires: &[String],
     index: u64,
     required: usize,
 ) -> Result<Response, RaftStoreError> {
     let mut blobs = tx.open_table(BLOBS)?;
     let mut paths = tx.open_table(PATHS)?;
+    for h in requires {
+        if paths.get(h.as_str())?.is_none() {
+            return Ok(Err(Rejection::MissingReference {
+                hash_part: h.clone(),
+            }));
+        }
+    }
     let file_hash = path.url_file_hash.to_string();
     let new_key = path.url_file_hash.digest();
     let blob = match blobs.get(new_key)? {

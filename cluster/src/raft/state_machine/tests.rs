@@ -167,9 +167,15 @@ fn a_path_needs_two_holders_in_a_three_node_cluster() {
     let state = sm.state();
     let mut log = Log::new();
     let m = log.membership(&[1, 2, 3]);
-    let unknown = log.cmd(Command::PutPath { path: path(1) });
+    let unknown = log.cmd(Command::PutPath {
+        path: path(1),
+        requires: vec![],
+    });
     let reg1 = log.cmd(register(1, 1));
-    let early = log.cmd(Command::PutPath { path: path(1) });
+    let early = log.cmd(Command::PutPath {
+        path: path(1),
+        requires: vec![],
+    });
     let out = apply(&sm, &[m, unknown, reg1, early]);
     assert_eq!(
         out[1],
@@ -196,8 +202,14 @@ fn a_path_needs_two_holders_in_a_three_node_cluster() {
     let reg2 = log.cmd(register(1, 2));
     let mut wrong = path(1);
     wrong.nar_size += 1;
-    let mismatch = log.cmd(Command::PutPath { path: wrong });
-    let ok = log.cmd(Command::PutPath { path: path(1) });
+    let mismatch = log.cmd(Command::PutPath {
+        path: wrong,
+        requires: vec![],
+    });
+    let ok = log.cmd(Command::PutPath {
+        path: path(1),
+        requires: vec![],
+    });
     let out = apply(&sm, &[reg2, mismatch, ok]);
     assert_eq!(out[0], Ok(Applied::HolderRegistered { holders: 2 }));
     assert_eq!(
@@ -229,6 +241,7 @@ fn an_upload_commits_holders_and_path_in_one_entry() {
         holders,
         at: 1_700_000_100,
         path,
+        requires: vec![],
     };
     let short = log.cmd(upload(1, vec![1], Some(path(1))));
     let whole = log.cmd(upload(2, vec![1, 3], Some(path(2))));
@@ -263,6 +276,7 @@ fn an_upload_commits_holders_and_path_in_one_entry() {
         holders: vec![2],
         at: 1_700_000_200,
         path: Some(path(3)),
+        requires: vec![],
     });
     let out = apply(&sm, &[bad, clash]);
     assert_eq!(out[0], Ok(Applied::HolderRegistered { holders: 1 }));
@@ -283,7 +297,10 @@ fn a_single_node_cluster_accepts_one_holder() {
     let entries = [
         log.membership(&[1]),
         log.cmd(register(7, 1)),
-        log.cmd(Command::PutPath { path: path(7) }),
+        log.cmd(Command::PutPath {
+            path: path(7),
+            requires: vec![],
+        }),
     ];
     let out = apply(&sm, &entries);
     assert_eq!(out[2], Ok(Applied::PathStored { replaced: false }));
@@ -297,7 +314,10 @@ fn an_explicit_rule_ignores_the_membership() {
     let entries = [
         log.membership(&[1]),
         log.cmd(register(7, 1)),
-        log.cmd(Command::PutPath { path: path(7) }),
+        log.cmd(Command::PutPath {
+            path: path(7),
+            requires: vec![],
+        }),
     ];
     let out = apply(&sm, &entries);
     assert!(matches!(
@@ -340,7 +360,10 @@ fn gc_never_unregisters_a_copy_a_path_needs() {
         log.membership(&[1, 2, 3]),
         log.cmd(register(1, 1)),
         log.cmd(register(1, 2)),
-        log.cmd(Command::PutPath { path: path(1) }),
+        log.cmd(Command::PutPath {
+            path: path(1),
+            requires: vec![],
+        }),
         log.cmd(gc(1, 2)),
         log.cmd(register(2, 1)),
         log.cmd(gc(2, 1)),
@@ -371,7 +394,10 @@ fn workload(log: &mut Log) -> Vec<Entry> {
     for n in 0..5 {
         v.push(log.cmd(register(n, 1)));
         v.push(log.cmd(register(n, 2)));
-        v.push(log.cmd(Command::PutPath { path: path(n) }));
+        v.push(log.cmd(Command::PutPath {
+            path: path(n),
+            requires: vec![],
+        }));
     }
     v.push(log.cmd(Command::UnregisterHolder {
         file_hash: file_hash(0),
@@ -543,7 +569,10 @@ fn put_paths(sm: &StateMachineStore, log: &mut Log, ns: &[u64]) {
     for &n in ns {
         v.push(log.cmd(register(n, 1)));
         v.push(log.cmd(register(n, 2)));
-        v.push(log.cmd(Command::PutPath { path: path(n) }));
+        v.push(log.cmd(Command::PutPath {
+            path: path(n),
+            requires: vec![],
+        }));
     }
     for r in apply(sm, &v) {
         assert!(r.is_ok(), "{r:?}");
@@ -575,7 +604,10 @@ fn gc_racing_uploads_pins_and_reads_keeps_what_changed_since_the_plan() {
     let mut again = path(5);
     again.registered += 1000;
     let mut v = vec![
-        log.cmd(Command::PutPath { path: again }),
+        log.cmd(Command::PutPath {
+            path: again,
+            requires: vec![],
+        }),
         log.cmd(Command::Touch {
             hash_parts: vec![store_path(7).hash_part()],
             at: 1_800_000_001,
@@ -589,7 +621,10 @@ fn gc_racing_uploads_pins_and_reads_keeps_what_changed_since_the_plan() {
         }),
         log.cmd(register(6, 1)),
         log.cmd(register(6, 2)),
-        log.cmd(Command::PutPath { path: path(6) }),
+        log.cmd(Command::PutPath {
+            path: path(6),
+            requires: vec![],
+        }),
     ];
     v.push(log.cmd(Command::DeletePaths {
         victims: plan.victims.clone(),
@@ -611,6 +646,37 @@ fn gc_racing_uploads_pins_and_reads_keeps_what_changed_since_the_plan() {
         );
     }
     assert!(st.path(&store_path(9).hash_part()).unwrap().is_none());
+    // An upload that checked its reference 9 before the deletion is refused now; one
+    // whose reference stays is taken.
+    let mut p8 = path(8);
+    p8.references = vec![store_path(9)];
+    let mut p4 = path(4);
+    p4.references = vec![store_path(5)];
+    let out = apply(
+        &sm,
+        &[
+            log.cmd(register(8, 1)),
+            log.cmd(register(8, 2)),
+            log.cmd(Command::PutPath {
+                path: p8,
+                requires: vec![store_path(9).hash_part()],
+            }),
+            log.cmd(register(4, 1)),
+            log.cmd(register(4, 2)),
+            log.cmd(Command::PutPath {
+                path: p4,
+                requires: vec![store_path(5).hash_part()],
+            }),
+        ],
+    );
+    assert_eq!(
+        out[2],
+        Err(Rejection::MissingReference {
+            hash_part: store_path(9).hash_part()
+        })
+    );
+    assert_eq!(out[5], Ok(Applied::PathStored { replaced: false }));
+    let st = sm.state();
     let b9 = st.blob(&file_hash(9)).unwrap().unwrap();
     assert_eq!(b9.refcount, 0);
     assert_eq!(b9.unreferenced_since, Some(1_800_000_002));
@@ -626,7 +692,7 @@ fn gc_racing_uploads_pins_and_reads_keeps_what_changed_since_the_plan() {
     assert!(out[0].is_ok());
     assert!(matches!(out[1], Err(Rejection::StillReferenced { .. })));
 
-    // Unpinned and planned again, the whole chain goes at once, leaves first or not.
+    // Unpinned and planned again, everything goes at once, leaves first or not.
     apply(
         &sm,
         &[log.cmd(Command::Unpin {
@@ -644,7 +710,7 @@ fn gc_racing_uploads_pins_and_reads_keeps_what_changed_since_the_plan() {
     assert_eq!(
         out[0],
         Ok(Applied::PathsDeleted {
-            deleted: 5,
+            deleted: 6,
             kept: 0
         })
     );
@@ -706,8 +772,14 @@ fn replacing_a_path_moves_the_refcount() {
         log.membership(&[1]),
         log.cmd(register(1, 1)),
         log.cmd(register(2, 1)),
-        log.cmd(Command::PutPath { path: path(1) }),
-        log.cmd(Command::PutPath { path: p }),
+        log.cmd(Command::PutPath {
+            path: path(1),
+            requires: vec![],
+        }),
+        log.cmd(Command::PutPath {
+            path: p,
+            requires: vec![],
+        }),
     ];
     let out = apply(&sm, &entries);
     assert_eq!(out[4], Ok(Applied::PathStored { replaced: true }));
@@ -724,7 +796,10 @@ fn big_state(sm: &StateMachineStore, paths: u64) -> Log {
     for n in 0..paths {
         batch.push(log.cmd(register(n, 1)));
         batch.push(log.cmd(register(n, 2)));
-        batch.push(log.cmd(Command::PutPath { path: path(n) }));
+        batch.push(log.cmd(Command::PutPath {
+            path: path(n),
+            requires: vec![],
+        }));
         if n % 10 == 0 {
             batch.push(log.cmd(Command::PutToken { token: token(n) }));
             batch.push(log.cmd(Command::Pin {
