@@ -47,6 +47,11 @@ pub struct ClusterResults {
     pub cpu_single: Vec<(f64, f64)>,
     /// CPU seconds spent during each cluster push: cachectl, then each node.
     pub cpu_cluster: Vec<(f64, [f64; 3])>,
+    /// GC of the whole pushed closure: a dry run's seconds, then the pass's seconds,
+    /// then how long until no node serves any of the deleted narinfos.
+    pub gc: Vec<(f64, f64, f64)>,
+    /// Paths the GC passes deleted.
+    pub gc_deleted: u64,
 }
 
 fn step(msg: impl AsRef<str>) {
@@ -370,6 +375,61 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
             on_follower.push(f);
         }
 
+        // GC of everything pushed: a dry run, then the pass, through a follower.
+        let fbase = servers[follower - 1]
+            .as_ref()
+            .expect("running")
+            .base_url
+            .clone();
+        step("  GC of the whole closure (retention max age 0, through a follower)");
+        let admin = |rb: reqwest::RequestBuilder, body: serde_json::Value| {
+            rb.bearer_auth(ADMIN)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+        };
+        let st = admin(
+            client.put(format!("{fbase}/api/v1/retention")),
+            serde_json::json!({ "max_age_secs": 0 }),
+        )
+        .await?
+        .status();
+        ensure!(st.is_success(), "retention set answered {st}");
+        tokio::time::sleep(Duration::from_millis(1100)).await; // every path a second old
+        let gc = |dry: bool| {
+            let req = admin(
+                client.post(format!("{fbase}/api/v1/gc")),
+                serde_json::json!({ "dry_run": dry }),
+            );
+            async move {
+                let t = Instant::now();
+                let text = req.await?.text().await?;
+                let v: serde_json::Value = serde_json::from_str(&text).context("GC reply")?;
+                Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), v))
+            }
+        };
+        let (dry_s, dry) = gc(true).await?;
+        let (pass_s, done) = gc(false).await?;
+        let deleted = done["deleted"].as_u64().unwrap_or(0);
+        ensure!(
+            dry["planned"] == done["paths"]
+                && deleted == done["paths"].as_u64().unwrap_or(u64::MAX),
+            "GC did not delete every path: dry run {dry}, pass {done}"
+        );
+        let t = Instant::now();
+        for base in servers.iter().flatten().map(|s| s.base_url.clone()) {
+            wait_status(&client, &base, Duration::from_secs(60), "no paths", |v| {
+                v["paths"] == 0
+            })
+            .await?;
+        }
+        let everywhere = pass_s + t.elapsed().as_secs_f64();
+        step(format!(
+            "    {deleted} paths: plan {dry_s:.2} s, pass {pass_s:.2} s, gone on every node after {everywhere:.2} s"
+        ));
+        r.gc.push((dry_s, pass_s, everywhere));
+        r.gc_deleted = deleted;
+
         // Failover: SIGKILL the leader, then upload to a survivor until one is taken.
         let victim = servers[leader - 1].take().expect("running");
         let nar = small_nar()?;
@@ -485,7 +545,16 @@ pub fn render(r: &ClusterResults) -> String {
         "| failover: leader SIGKILL → next acknowledged upload | {failover:.2} s | ≤ 5 s | {} |",
         ok(failover <= 5.0)
     );
-    let _ = writeln!(w, "\nRuns: push single {} s; push cluster {} s; to three copies {} s; hits leader {} /s, follower {} /s; misses leader {} /s, follower {} /s; failover {} s.",
+    let gc_at = |f: fn(&(f64, f64, f64)) -> f64| median(&r.gc.iter().map(f).collect::<Vec<_>>());
+    let _ = writeln!(
+        w,
+        "| GC of the whole closure ({} paths) through a follower: plan (dry run) / pass / gone from every node | {:.2} s / {:.2} s / {:.2} s | — | |",
+        r.gc_deleted,
+        gc_at(|g| g.0),
+        gc_at(|g| g.1),
+        gc_at(|g| g.2)
+    );
+    let _ = writeln!(w, "\nRuns: push single {} s; push cluster {} s; to three copies {} s; hits leader {} /s, follower {} /s; misses leader {} /s, follower {} /s; failover {} s; GC pass {} s.",
         list(&r.push_single, 1),
         list(&r.push_cluster, 1),
         list(&r.replicated, 1),
@@ -494,6 +563,7 @@ pub fn render(r: &ClusterResults) -> String {
         list(&rates(&r.misses_leader), 0),
         list(&rates(&r.misses_follower), 0),
         list(&r.failover, 2),
+        list(&r.gc.iter().map(|g| g.1).collect::<Vec<_>>(), 2),
     );
     let cpu_single: Vec<String> = r
         .cpu_single
