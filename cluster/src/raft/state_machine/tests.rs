@@ -826,7 +826,19 @@ fn big_state(sm: &StateMachineStore, paths: u64) -> Log {
 async fn a_snapshot_of_thousands_of_records_installs_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = open(dir.path(), HolderRule::default());
-    big_state(&leader, 1500);
+    let mut log = big_state(&leader, 1500);
+    // A chain 5000 → 5001 → … → 5009 with no pins.
+    put_paths(&leader, &mut log, &(5000..5010).collect::<Vec<_>>());
+    apply(
+        &leader,
+        &[log.cmd(Command::Touch {
+            hash_parts: (0..1500)
+                .step_by(7)
+                .map(|n| store_path(n).hash_part())
+                .collect(),
+            at: 1_800_000_000,
+        })],
+    );
     let before = dump(&leader);
     assert!(before.len() > 3000, "{} records", before.len());
 
@@ -888,6 +900,38 @@ async fn a_snapshot_of_thousands_of_records_installs_the_same_state() {
     drop(reader);
     let follower = open(dir2.path(), HolderRule::default());
     assert_eq!(dump(&follower), before);
+
+    // The referrer index came with it: the same GC entry deletes the same paths on
+    // both. Of the victims, 5000 and 5001 go; 5002 stays, and so 5003 to 5009, which
+    // it reaches (without the index, all nine would go).
+    let victims: Vec<GcVictim> = [5000, 5001, 5003, 5004, 5005, 5006, 5007, 5008, 5009]
+        .iter()
+        .map(|&n| GcVictim {
+            hash_part: store_path(n).hash_part(),
+            stamp: path(n).registered,
+        })
+        .collect();
+    let gc = Log { next: 200_000 }.cmd(Command::DeletePaths {
+        victims,
+        at: 1_900_000_000,
+    });
+    let on_leader = apply(&leader, std::slice::from_ref(&gc));
+    let on_follower = apply(&follower, std::slice::from_ref(&gc));
+    assert_eq!(on_leader, on_follower);
+    assert_eq!(
+        on_leader[0],
+        Ok(Applied::PathsDeleted {
+            deleted: 2,
+            kept: 7
+        })
+    );
+    assert_eq!(
+        dump(&follower),
+        dump(&leader)
+            .into_iter()
+            .filter(|l| !l.contains("tok99999"))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
