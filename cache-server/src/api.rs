@@ -32,6 +32,18 @@ pub struct MissingResponse {
     pub missing: Vec<String>,
 }
 
+/// The hash part that `path` starts with: a store path (`<store dir>/<hash>-<name>`), a
+/// base name, or a bare hash part; 400 when it does not start with a valid one.
+pub fn leading_hash_part<'a>(store_dir: &str, path: &'a str) -> Result<&'a str, ServerError> {
+    let base = path
+        .strip_prefix(store_dir)
+        .and_then(|p| p.strip_prefix('/'))
+        .unwrap_or(path);
+    let hash = base.get(..32).ok_or(ServerError::BadHash)?;
+    nix_formats::store_path::parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    Ok(hash)
+}
+
 /// `POST /api/v1/missing` (push scope): which of these paths the cache lacks.
 pub async fn missing(
     State(s): State<Shared>,
@@ -42,13 +54,9 @@ pub async fn missing(
     if req.paths.len() > MAX_MISSING_QUERY {
         return Err(ServerError::BadRequest("too many paths in one request"));
     }
-    let prefix = format!("{}/", s.config.store_dir);
     let mut hashes = Vec::with_capacity(req.paths.len());
     for p in &req.paths {
-        let base = p.strip_prefix(&prefix).unwrap_or(p);
-        let hash = base.get(..32).ok_or(ServerError::BadHash)?;
-        nix_formats::store_path::parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
-        hashes.push(hash);
+        hashes.push(leading_hash_part(&s.config.store_dir, p)?);
     }
     let absent = s.catalog.missing(&hashes)?;
     let mut missing = Vec::new();

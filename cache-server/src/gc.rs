@@ -20,8 +20,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use store::meta::Scope;
 
+use crate::api::leading_hash_part;
 use crate::auth::now;
 use crate::error::ServerError;
+use crate::replication::write;
 use crate::state::AppState;
 
 type Shared = Arc<AppState>;
@@ -74,8 +76,9 @@ pub async fn flush_access(s: &Shared, node: &Arc<Node>) -> Result<usize, ServerE
         let state = st.state();
         let mut out = Vec::new();
         for h in seen {
-            let Some(rec) = state.path(&h)? else { continue };
-            let used = rec.registered.max(state.last_access(&h)?.unwrap_or(0));
+            let Some(used) = state.last_used(&h)? else {
+                continue;
+            };
             if at.saturating_sub(used) >= ACCESS_GRANULARITY_SECS {
                 out.push(h);
             }
@@ -88,10 +91,7 @@ pub async fn flush_access(s: &Shared, node: &Arc<Node>) -> Result<usize, ServerE
             hash_parts: chunk.to_vec(),
             at,
         };
-        node.write(cmd)
-            .await
-            .map_err(|e| ServerError::Unavailable(e.to_string()))?
-            .map_err(|r| ServerError::Conflict(r.to_string()))?;
+        write(node, cmd).await?;
     }
     Ok(stale.len())
 }
@@ -119,8 +119,7 @@ pub struct GcReport {
 
 /// One GC pass: plans from this node's applied state and proposes the deletions
 /// through the leader, which re-checks every victim as it applies them.
-pub async fn gc_pass(s: &Shared, dry_run: bool) -> Result<GcReport, ServerError> {
-    let node = crate::replication::node_of(s)?.clone();
+pub async fn gc_pass(s: &Shared, node: &Arc<Node>, dry_run: bool) -> Result<GcReport, ServerError> {
     let st = node.clone();
     let input = tokio::task::spawn_blocking(move || st.state().gc_input(now())).await??;
     let plan = cluster::gc::plan(&input);
@@ -149,12 +148,7 @@ pub async fn gc_pass(s: &Shared, dry_run: bool) -> Result<GcReport, ServerError>
             victims: chunk.to_vec(),
             at: now(),
         };
-        let applied = node
-            .write(cmd)
-            .await
-            .map_err(|e| ServerError::Unavailable(e.to_string()))?
-            .map_err(|r| ServerError::Conflict(r.to_string()))?;
-        if let Applied::PathsDeleted { deleted, kept } = applied {
+        if let Applied::PathsDeleted { deleted, kept } = write(node, cmd).await? {
             report.deleted += deleted;
             report.kept_since_plan += kept;
         }
@@ -196,7 +190,7 @@ pub async fn gc_loop(s: Shared, node: Arc<Node>, interval: Duration) {
             .flatten()
             .is_some_and(|r| cluster::gc::limits_set(&r));
         if limits {
-            if let Err(e) = gc_pass(&s, false).await {
+            if let Err(e) = gc_pass(&s, &node, false).await {
                 tracing::warn!(error = %e, "GC pass failed");
             }
         }
@@ -213,13 +207,6 @@ fn node_for_gc(s: &AppState) -> Result<&Arc<Node>, ServerError> {
     })
 }
 
-async fn write(node: &Arc<Node>, cmd: Command) -> Result<Applied, ServerError> {
-    node.write(cmd)
-        .await
-        .map_err(|e| ServerError::Unavailable(e.to_string()))?
-        .map_err(|r| ServerError::Conflict(r.to_string()))
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GcRequest {
@@ -234,8 +221,8 @@ pub async fn run_gc(
     Json(req): Json<GcRequest>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    node_for_gc(&s)?;
-    Ok(Json(gc_pass(&s, req.dry_run).await?).into_response())
+    let node = node_for_gc(&s)?.clone();
+    Ok(Json(gc_pass(&s, &node, req.dry_run).await?).into_response())
 }
 
 /// `GET /api/v1/pins` (admin).
@@ -259,10 +246,9 @@ pub struct PinRequest {
 /// The hash part of a store path given whole (`/nix/store/<hash>-<name>`), as a base
 /// name, or as a hash part.
 fn hash_part_of(s: &AppState, path: &str) -> Result<String, ServerError> {
-    let prefix = format!("{}/", s.config.store_dir);
-    let base = path.strip_prefix(&prefix).unwrap_or(path);
-    let hash = base.get(..32).ok_or(ServerError::BadHash)?;
-    nix_formats::store_path::parse_hash_part(hash).map_err(|_| ServerError::BadHash)?;
+    let hash = leading_hash_part(&s.config.store_dir, path)?;
+    // What follows the hash in the base name, if anything, is `-<name>`.
+    let base = path.rsplit('/').next().unwrap_or(path);
     if base.len() > 32 && base.as_bytes()[32] != b'-' {
         return Err(ServerError::BadHash);
     }

@@ -137,6 +137,15 @@ pub fn blob_memory_key(file_hash: &Hash) -> String {
     format!("blob-{}", file_hash.to_nix32())
 }
 
+/// Proposes `cmd` through the leader: what it applied, or the error a handler answers
+/// (503 without a leader, 409 when Raft refuses, a rejection as [`rejected`] maps it).
+pub async fn write(node: &Node, cmd: Command) -> Result<cluster::Applied, ServerError> {
+    node.write(cmd)
+        .await
+        .map_err(unavailable)?
+        .map_err(rejected)
+}
+
 fn rejected(r: Rejection) -> ServerError {
     match r {
         Rejection::TooFewHolders { .. } => ServerError::Unavailable(r.to_string()),
@@ -349,12 +358,9 @@ pub async fn commit_blob_and_path(
 pub async fn put_token(s: &Shared, rec: TokenRecord) -> Result<(), ServerError> {
     match s.catalog.node() {
         None => with_local_db(s, move |db| db.put_token(&rec)).await,
-        Some(node) => node
-            .write(Command::PutToken { token: rec })
+        Some(node) => write(node, Command::PutToken { token: rec })
             .await
-            .map_err(unavailable)?
-            .map(|_| ())
-            .map_err(rejected),
+            .map(|_| ()),
     }
 }
 
@@ -362,17 +368,10 @@ pub async fn put_token(s: &Shared, rec: TokenRecord) -> Result<(), ServerError> 
 pub async fn revoke_token(s: &Shared, id: String) -> Result<bool, ServerError> {
     match s.catalog.node() {
         None => with_local_db(s, move |db| db.revoke_token(&id)).await,
-        Some(node) => {
-            match node
-                .write(Command::RevokeToken { id })
-                .await
-                .map_err(unavailable)?
-            {
-                Ok(cluster::Applied::TokenRevoked { found }) => Ok(found),
-                Ok(_) => Ok(false),
-                Err(r) => Err(rejected(r)),
-            }
-        }
+        Some(node) => Ok(matches!(
+            write(node, Command::RevokeToken { id }).await?,
+            cluster::Applied::TokenRevoked { found: true }
+        )),
     }
 }
 

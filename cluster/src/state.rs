@@ -377,9 +377,11 @@ fn delete_paths(
         }
     }
     let deleted = doomed.len();
+    let mut paths = tx.open_table(PATHS)?;
+    let mut access = tx.open_table(ACCESS)?;
     for (h, rec) in &doomed {
-        tx.open_table(PATHS)?.remove(h.as_str())?;
-        tx.open_table(ACCESS)?.remove(h.as_str())?;
+        paths.remove(h.as_str())?;
+        access.remove(h.as_str())?;
         unindex_references(tx, rec)?;
         release_blob(tx, &rec.url_file_hash, at, index)?;
     }
@@ -855,6 +857,18 @@ impl ClusterState {
             retention,
             now,
         })
+    }
+
+    /// When the path was last registered or served (the stamp GC plans with); `None`
+    /// when there is no such path. One read transaction.
+    pub fn last_used(&self, hash_part: &str) -> Result<Option<u64>, RaftStoreError> {
+        let tx = self.read()?;
+        let Some(v) = tx.open_table(PATHS)?.get(hash_part)? else {
+            return Ok(None);
+        };
+        let rec: PathRecord = decode("path", v.value())?;
+        let access = tx.open_table(ACCESS)?.get(hash_part)?.map(|a| a.value());
+        Ok(Some(gc_stamp(&rec, access)))
     }
 
     /// When the path was last served, if recorded.
