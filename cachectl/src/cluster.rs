@@ -54,17 +54,14 @@ enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(args))
+    crate::admin::block_on(run_async(args))?
 }
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_string();
     let client = reqwest::Client::new();
     let send = |rb: reqwest::RequestBuilder| async {
-        let text = crate::token::admin_send(rb, &base, &args.token).await?;
+        let text = crate::admin::admin_send(rb, &base, &args.token).await?;
         serde_json::from_str::<Value>(&text).context("unexpected reply")
     };
     let add = |node_id: u64, addr: String| {

@@ -3,6 +3,7 @@
 //! Each subcommand is a module with its own `Args` and `run`; this file only parses the
 //! command line and dispatches, so a new subcommand is a new module plus one enum arm.
 
+mod admin;
 mod client;
 mod closure;
 mod cluster;

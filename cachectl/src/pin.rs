@@ -4,17 +4,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::token::admin_send;
-
 /// Pin store paths so GC keeps them and their closures (needs an admin token).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The cache's base URL (any node of a cluster).
-    #[arg(long, env = "CAIRN_URL", default_value = "http://127.0.0.1:5000")]
-    server: String,
-    /// An admin token (prefer the environment variable to the flag: flags show up in `ps`).
-    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
-    token: String,
+    #[command(flatten)]
+    conn: crate::admin::Conn,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -49,13 +43,10 @@ fn url_part(path: &str) -> anyhow::Result<&str> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let base = args.server.trim_end_matches('/');
+    crate::admin::block_on(async {
+        let base = args.conn.base();
         let client = reqwest::Client::new();
-        let send = |rb| admin_send(rb, base, &args.token);
+        let send = |rb| args.conn.send(rb);
         match &args.action {
             Action::Add { path, reason } => {
                 let url = format!("{base}/api/v1/pins/{}", url_part(path)?);
@@ -92,5 +83,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Ok(())
-    })
+    })?
 }

@@ -4,8 +4,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::gc::human;
-use crate::token::{admin_send, parse_duration};
+use crate::status::short_bytes;
+use crate::token::parse_duration;
 
 /// Show or set the retention settings GC follows (needs an admin token).
 ///
@@ -15,12 +15,8 @@ use crate::token::{admin_send, parse_duration};
 /// With nothing set, GC deletes nothing.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The cache's base URL (any node of a cluster).
-    #[arg(long, env = "CAIRN_URL", default_value = "http://127.0.0.1:5000")]
-    server: String,
-    /// An admin token (prefer the environment variable to the flag: flags show up in `ps`).
-    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
-    token: String,
+    #[command(flatten)]
+    conn: crate::admin::Conn,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -73,15 +69,11 @@ pub fn parse_bytes(s: &str) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let base = args.server.trim_end_matches('/');
+    crate::admin::block_on(async {
         let client = reqwest::Client::new();
-        let url = format!("{base}/api/v1/retention");
+        let url = format!("{}/api/v1/retention", args.conn.base());
         let text = match &args.action {
-            Action::Show => admin_send(client.get(&url), base, &args.token).await?,
+            Action::Show => args.conn.send(client.get(&url)).await?,
             Action::Set {
                 max_age,
                 max_idle,
@@ -98,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "low_watermark_bytes": size(low_watermark)?,
                     "blob_grace_secs": dur(blob_grace)?.unwrap_or(0),
                 });
-                admin_send(client.put(&url).json(&body), base, &args.token).await?
+                args.conn.send(client.put(&url).json(&body)).await?
             }
         };
         let v: Value = serde_json::from_str(&text).context("unexpected reply")?;
@@ -110,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             v[k].as_u64()
                 .map_or("no limit".to_string(), |s| format!("{s} s"))
         };
-        let bytes = |k: &str| v[k].as_u64().map_or("none".to_string(), human);
+        let bytes = |k: &str| v[k].as_u64().map_or("none".to_string(), short_bytes);
         println!("max age         {}", secs("max_age_secs"));
         println!("max idle        {}", secs("max_idle_secs"));
         println!("high watermark  {}", bytes("high_watermark_bytes"));
@@ -120,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             v["blob_grace_secs"].as_u64().unwrap_or(0)
         );
         Ok(())
-    })
+    })?
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ fn render(url: &str, s: &Status, health: Health, why: &[String]) -> String {
 }
 
 /// Bytes in at most 7 characters: `931.3G`, `12.0T`.
-fn short_bytes(b: u64) -> String {
+pub fn short_bytes(b: u64) -> String {
     const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
     let mut v = b as f64;
     let mut unit = 0;

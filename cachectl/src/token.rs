@@ -8,12 +8,8 @@ use serde_json::{json, Value};
 /// Manage access tokens (needs an admin token).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The cache's base URL.
-    #[arg(long, env = "CAIRN_URL", default_value = "http://127.0.0.1:5000")]
-    server: String,
-    /// An admin token (prefer the environment variable to the flag: flags show up in `ps`).
-    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
-    token: String,
+    #[command(flatten)]
+    conn: crate::admin::Conn,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -62,36 +58,13 @@ pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(args))
-}
-
-/// Sends an admin API request with `token`; the body of a 2xx answer, else an error
-/// with the server's one-line reason.
-pub async fn admin_send(
-    rb: reqwest::RequestBuilder,
-    base: &str,
-    token: &str,
-) -> anyhow::Result<String> {
-    let resp = rb
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {base}"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("{base} answered {status}: {}", text.trim());
-    }
-    Ok(text)
+    crate::admin::block_on(run_async(args))?
 }
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
-    let base = args.server.trim_end_matches('/').to_string();
+    let base = args.conn.base();
     let client = reqwest::Client::new();
-    let send = |rb: reqwest::RequestBuilder| admin_send(rb, &base, &args.token);
+    let send = |rb: reqwest::RequestBuilder| args.conn.send(rb);
     match args.action {
         Action::Create {
             name,
