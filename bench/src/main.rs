@@ -4,6 +4,7 @@
 //! `bench/README.md`. Not a test: nothing in the test suite runs it.
 
 mod cluster;
+mod harmonia;
 mod narpass;
 mod procs;
 mod report;
@@ -71,6 +72,11 @@ struct Args {
     /// Measure only the three-node cluster and refresh that section of the report.
     #[arg(long, conflicts_with = "cluster")]
     cluster_only: bool,
+    /// A `harmonia-cache` binary to measure side by side with cairnd (narinfo rates,
+    /// identity and zstd passes, peak RSS); without one, the report compares with
+    /// Harmonia's quoted reference figures.
+    #[arg(long)]
+    harmonia: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -201,6 +207,7 @@ async fn bench(args: Args) -> Result<()> {
     fs::create_dir_all(&run_dir)?;
     let pid_file = out.join("servers.pids");
     let cairnd_bin = absolute(&args.cairnd)?;
+    let harmonia_bin = args.harmonia.as_deref().map(harmonia::binary).transpose()?;
     ensure!(
         cairnd_bin.is_file(),
         "no cairnd binary at {} (cargo build --release --bin cairnd)",
@@ -381,6 +388,12 @@ async fn bench(args: Args) -> Result<()> {
         fresh.stop();
     }
 
+    // Harmonia on the same store, when given.
+    let harmonia = match &harmonia_bin {
+        Some(binary) => Some(harmonia::run(&ctx, binary, &misses_load).await?),
+        None => None,
+    };
+
     // The upload side.
     let uploads = if args.no_uploads {
         None
@@ -412,6 +425,7 @@ async fn bench(args: Args) -> Result<()> {
         zstd_cold: cold,
         zstd_warm: warm,
         nginx_zstd,
+        harmonia,
         uploads,
         peak_rss,
         cairnd_log: cairnd_warnings(&run_dir)?,

@@ -24,6 +24,8 @@ pub fn free_port() -> Result<u16> {
 pub enum Kind {
     Cairnd,
     Nginx,
+    /// One process (its workers are threads).
+    Harmonia,
 }
 
 /// A running server. Dropping it stops it: SIGTERM, up to 5 s for a clean exit, then

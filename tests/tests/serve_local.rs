@@ -122,25 +122,30 @@ fn hash_part(full: &str) -> String {
     StoreDir::default().parse_path(full).unwrap().hash_part()
 }
 
-/// Substitutes `path`'s closure from `url` into a fresh chroot store, both ways the
-/// issue names, and checks the result against the source.
-fn substitute_and_check(fx: &Fixture, url: &str, key: &TestKey) {
-    let dest = ChrootStore::new();
-    let dest_uri = dest.uri();
-    fx.nix.run(
+/// `nix copy --from url --to dest path`, trusting `key`.
+fn copy_from(nix: &Nix, url: &str, dest: &ChrootStore, key: &TestKey, path: &str) {
+    nix.run(
         "nix",
         &[
             "copy",
             "--from",
             url,
             "--to",
-            &dest_uri,
+            &dest.uri(),
             "--option",
             "trusted-public-keys",
             &key.public,
-            fx.root_path(),
+            path,
         ],
     );
+}
+
+/// Substitutes `path`'s closure from `url` into a fresh chroot store, both ways the
+/// issue names, and checks the result against the source.
+fn substitute_and_check(fx: &Fixture, url: &str, key: &TestKey) {
+    let dest = ChrootStore::new();
+    let dest_uri = dest.uri();
+    copy_from(&fx.nix, url, &dest, key, fx.root_path());
     let src_info = fx.nix.path_info(Some(&fx.src.uri()), &[fx.root_path()]);
     let dest_info = fx.nix.path_info(Some(&dest_uri), &[fx.root_path()]);
     let summarise = |v: &serde_json::Value| {
@@ -254,6 +259,65 @@ fn nix_substitutes_a_closure_zstd() {
         .parse()
         .unwrap();
     assert!(hits >= 3, "{metrics}");
+}
+
+/// A NAR larger than cairnd's zstd frame (1 MiB) is compressed as several frames; Nix
+/// must read them back as the one archive (and so must any zstd decoder).
+#[test]
+fn nix_substitutes_a_nar_compressed_as_several_zstd_frames() {
+    let nix = Nix::new();
+    let expr = format!(
+        r#"derivation {{
+          name = "several-frames";
+          system = builtins.currentSystem;
+          builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          args = [ "-c" "mkdir $out && seq 1 500000 > $out/numbers && head -c 300000 /dev/urandom > $out/noise && echo {}" ];
+        }}"#,
+        testkit::salt()
+    );
+    let path = nix.run("nix-build", &["--no-out-link", "-E", &expr]);
+    let path = path.trim();
+    let src = ChrootStore::new();
+    nix.run(
+        "nix",
+        &["copy", "--no-check-sigs", "--to", &src.uri(), path],
+    );
+    let key = TestKey::new("cairn-test-1");
+    let mut cfg = root_config(src.root(), Some(&key));
+    cfg.narinfo_compression = Some(NarinfoCompression::Zstd);
+    let server = Server::start(cfg);
+    let http = Http::new();
+    let ni = http.get(&format!("{}/{}.narinfo", server.url(), hash_part(path)));
+    let info = NarInfo::parse(&ni.text()).unwrap();
+    assert!(info.nar_size > 3 << 20, "{}", ni.text());
+    let body = http.get(&format!("{}/{}", server.url(), info.url));
+    let mut frames = 0;
+    let mut rest = body.bytes();
+    while !rest.is_empty() {
+        let n = zstd::zstd_safe::find_frame_compressed_size(rest).expect("whole zstd frames");
+        rest = &rest[n..];
+        frames += 1;
+    }
+    assert!(
+        frames >= 3,
+        "{frames} frame(s) for {} NAR bytes",
+        info.nar_size
+    );
+    let nar = zstd::decode_all(body.bytes()).unwrap();
+    let mut want = Vec::new();
+    nix_formats::nar::dump_path(&src.real(path), &mut want).unwrap();
+    assert!(nar == want, "the decoded frames are not the path's NAR");
+
+    let dest = ChrootStore::new();
+    copy_from(&nix, &server.url(), &dest, &key, path);
+    let got = nix.path_info(Some(&dest.uri()), &[path]);
+    let had = nix.path_info(Some(&src.uri()), &[path]);
+    assert_eq!(got[0]["narHash"], had[0]["narHash"], "{got}");
+    assert_eq!(
+        std::fs::read(dest.real(path).join("numbers")).unwrap(),
+        std::fs::read(src.real(path).join("numbers")).unwrap()
+    );
 }
 
 #[test]

@@ -480,3 +480,44 @@ fn writer_streams_in_bounded_chunks_and_passes_output_errors_through() {
     };
     assert!(io.get_ref().is_some_and(|e| e.is::<Refused>()));
 }
+
+/// Records every write's length.
+struct Writes(Vec<u8>, Vec<usize>);
+
+impl Write for Writes {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        self.1.push(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn chunked_writer_emits_the_same_archive_in_whole_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join("a"), vec![7u8; 2_500_000]).unwrap();
+    fs::write(root.join("sub/b"), b"small").unwrap();
+    fs::write(root.join("sub/c"), vec![9u8; 700_001]).unwrap();
+    let mut plain = Vec::new();
+    dump_path(&root, &mut plain).unwrap();
+    let chunk = 1 << 20;
+    let mut w = Writes(Vec::new(), Vec::new());
+    let n = dump_path_in_chunks(&root, &mut w, chunk).unwrap();
+    assert_eq!(n as usize, plain.len());
+    assert!(w.0 == plain, "a different archive");
+    let (last, whole) = w.1.split_last().unwrap();
+    assert_eq!(whole.len(), 3, "{:?}", w.1);
+    // Each write but the last is one full buffer: at least a chunk, at most a chunk and
+    // the archive strings that completed it.
+    assert!(
+        whole.iter().all(|&l| (chunk..chunk + 1024).contains(&l)),
+        "{:?}",
+        w.1
+    );
+    assert!(*last <= chunk, "{:?}", w.1);
+}
