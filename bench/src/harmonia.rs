@@ -74,43 +74,64 @@ async fn start(i: &Ctx<'_>, binary: &Path) -> Result<Server> {
     .await
 }
 
-/// Measures one Harmonia process: a warm-up pass (untimed, which also checks every
-/// body), then per repetition narinfo hits and misses, an identity pass and a zstd pass.
-pub async fn run(i: &Ctx<'_>, binary: &Path, misses: &Workload) -> Result<HarmoniaRun> {
-    let mut server = start(i, binary).await?;
-    let client = narpass::client()?;
-    let version = version(&client, &server).await?;
-    crate::step("warm-up pass, Harmonia (untimed)");
-    narpass::run(&client, &mut server, i.hashes, Ask::Plain, i.parallel).await?;
-    let mut r = HarmoniaRun {
-        version,
-        hits: Vec::new(),
-        misses: Vec::new(),
-        identity: Vec::new(),
-        zstd: Vec::new(),
-        peak_rss: 0,
-    };
-    for rep in 1..=i.reps {
-        crate::step(format!(
-            "Harmonia, run {rep}/{}: narinfo hits and misses",
-            i.reps
-        ));
-        r.hits
-            .push(wrk::run(i.wrk, i.script, &mut server, i.hits).await?);
-        r.misses
-            .push(wrk::run(i.wrk, i.script, &mut server, misses).await?);
-        crate::step(format!("Harmonia, run {rep}/{}: identity pass", i.reps));
-        let p = narpass::run(&client, &mut server, i.hashes, Ask::Plain, i.parallel).await?;
-        crate::report_pass(&p);
-        r.identity.push(p);
-        crate::step(format!("Harmonia, run {rep}/{}: zstd pass", i.reps));
-        let p = narpass::run(&client, &mut server, i.hashes, Ask::Zstd, i.parallel).await?;
-        crate::report_pass(&p);
-        r.zstd.push(p);
+/// A running Harmonia and what it measured so far. The orchestrator runs each of its
+/// measurements right after cairnd's of the same kind, repetition by repetition, so both
+/// see the machine at about the same speed.
+pub struct Side {
+    pub server: Server,
+    pub run: HarmoniaRun,
+}
+
+impl Side {
+    /// Starts Harmonia and warms it up with one untimed pass (page cache, its
+    /// database; also a first check of every body it serves).
+    pub async fn start(ctx: &Ctx<'_>, binary: &Path, client: &reqwest::Client) -> Result<Side> {
+        let mut server = start(ctx, binary).await?;
+        let version = version(client, &server).await?;
+        crate::step("warm-up pass, Harmonia (untimed)");
+        narpass::run(client, &mut server, ctx.hashes, Ask::Plain, ctx.parallel).await?;
+        Ok(Side {
+            server,
+            run: HarmoniaRun {
+                version,
+                hits: Vec::new(),
+                misses: Vec::new(),
+                identity: Vec::new(),
+                zstd: Vec::new(),
+                peak_rss: 0,
+            },
+        })
     }
-    r.peak_rss = server.peak_rss()?;
-    server.stop();
-    Ok(r)
+
+    /// One wrk run of `load`, kept with the hits or the misses.
+    pub async fn rate(&mut self, ctx: &Ctx<'_>, load: &Workload, hits: bool) -> Result<RateSample> {
+        let r = wrk::run(ctx.wrk, ctx.script, &mut self.server, load).await?;
+        if hits {
+            self.run.hits.push(r.clone());
+        } else {
+            self.run.misses.push(r.clone());
+        }
+        Ok(r)
+    }
+
+    /// One NAR pass, kept with the identity or the zstd passes.
+    pub async fn pass(&mut self, ctx: &Ctx<'_>, client: &reqwest::Client, ask: Ask) -> Result<()> {
+        let p = narpass::run(client, &mut self.server, ctx.hashes, ask, ctx.parallel).await?;
+        crate::report_pass(&p);
+        match ask {
+            Ask::Plain => self.run.identity.push(p),
+            Ask::Zstd => self.run.zstd.push(p),
+        }
+        Ok(())
+    }
+
+    /// Stops Harmonia; what it measured, with its peak RSS.
+    pub fn finish(self) -> Result<HarmoniaRun> {
+        let mut run = self.run;
+        run.peak_rss = self.server.peak_rss()?;
+        self.server.stop();
+        Ok(run)
+    }
 }
 
 /// The binary `--harmonia` names, made absolute and checked to exist.

@@ -326,11 +326,19 @@ async fn bench(args: Args) -> Result<()> {
     .await?;
     narpass::run(&client, &mut nginx, &hashes, Ask::Plain, args.parallel).await?;
     let nar_bytes = warm_id.nar_bytes;
+    // Harmonia, when given, measured right after cairnd in every repetition below.
+    let mut harmonia = match &harmonia_bin {
+        Some(binary) => Some(harmonia::Side::start(&ctx, binary, &client).await?),
+        None => None,
+    };
 
     // 1–2: narinfo rates.
     let mut hits = Vec::new();
     let mut misses = Vec::new();
-    for (load, samples) in [(&hits_load, &mut hits), (&misses_load, &mut misses)] {
+    for (load, samples, are_hits) in [
+        (&hits_load, &mut hits, true),
+        (&misses_load, &mut misses, false),
+    ] {
         for rep in 1..=args.reps {
             step(format!("{}s, run {rep}/{}: cairnd", load.name, args.reps));
             let c = wrk::run(&wrk_cfg, &script, &mut main_cairnd, load).await?;
@@ -343,6 +351,15 @@ async fn bench(args: Args) -> Result<()> {
                 n.per_second,
                 n.cpu_us_per_request()
             ));
+            if let Some(h) = &mut harmonia {
+                step(format!("{}s, run {rep}/{}: Harmonia", load.name, args.reps));
+                let r = h.rate(&ctx, load, are_hits).await?;
+                step(format!(
+                    "  Harmonia {:.0}/s at {:.1} µs",
+                    r.per_second,
+                    r.cpu_us_per_request()
+                ));
+            }
             samples.push((c, n));
         }
     }
@@ -361,6 +378,10 @@ async fn bench(args: Args) -> Result<()> {
         .await?;
         report_pass(&p);
         identity.push(p);
+        if let Some(h) = &mut harmonia {
+            step(format!("identity pass, run {rep}/{}: Harmonia", args.reps));
+            h.pass(&ctx, &client, Ask::Plain).await?;
+        }
     }
     let mut peak_rss = vec![(
         "narinfo runs + identity passes".to_string(),
@@ -384,15 +405,15 @@ async fn bench(args: Args) -> Result<()> {
         let p = narpass::run(&client, &mut nginx, &hashes, Ask::Plain, args.parallel).await?;
         report_pass(&p);
         nginx_zstd.push(p);
+        if let Some(h) = &mut harmonia {
+            step(format!("zstd pass, run {rep}/{}: Harmonia", args.reps));
+            h.pass(&ctx, &client, Ask::Zstd).await?;
+        }
         peak_rss.push((format!("zstd run {rep} (cold + warm)"), fresh.peak_rss()?));
         fresh.stop();
     }
 
-    // Harmonia on the same store, when given.
-    let harmonia = match &harmonia_bin {
-        Some(binary) => Some(harmonia::run(&ctx, binary, &misses_load).await?),
-        None => None,
-    };
+    let harmonia = harmonia.map(harmonia::Side::finish).transpose()?;
 
     // The upload side.
     let uploads = if args.no_uploads {

@@ -316,7 +316,7 @@ pub fn render(r: &Results) -> String {
         let hmc = rate(&h.misses, RateSample::cpu_us_per_request);
         let _ = writeln!(
             w,
-            "Harmonia in this run (same wrk settings, after cairnd):\n"
+            "Harmonia in this run (the same wrk runs, each right after cairnd's and nginx's):\n"
         );
         let _ = writeln!(w, "| measurement | cairnd | Harmonia | cairnd/Harmonia |");
         let _ = writeln!(w, "|---|---:|---:|---:|");
@@ -436,7 +436,7 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(w, ".\n");
     let _ = writeln!(
         w,
-        "| comparison | cairnd | nginx / reference | ratio | target |"
+        "| comparison | cairnd | nginx / Harmonia | ratio | target |"
     );
     let _ = writeln!(w, "|---|---:|---:|---:|---|");
     let _ = writeln!(
