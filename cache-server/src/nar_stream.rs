@@ -232,14 +232,27 @@ impl Write for Tee {
     }
 }
 
-/// Compression contexts kept between responses: most NARs are small, and setting up
-/// a fresh context would cost more than compressing them. At most `max_encoders` are
-/// in use at once (the permit), so the pool stays that small.
-static ZSTD_CONTEXTS: parking_lot::Mutex<Vec<zstd::zstd_safe::CCtx<'static>>> =
-    parking_lot::Mutex::new(Vec::new());
+/// NAR bytes per zstd frame. Each frame is compressed in one call from a buffer of
+/// its own, which keeps libzstd on its fastest path (no streaming window that wraps
+/// and turns every later match into a two-segment search); a frame starts without the
+/// previous one's history, which costs about 0.2% of size at this length. Decoders,
+/// Nix's included, read concatenated frames as one stream.
+const ZSTD_FRAME: usize = 1 << 20;
 
-/// Contexts kept beyond those in use; more would only hold memory.
-const ZSTD_CONTEXTS_KEPT: usize = 4;
+/// A zstd context with its input and output buffers, kept between responses: most
+/// NARs are small, and setting all this up afresh would cost more than compressing
+/// them. At most `max_encoders` are in use at once (the permit), so the pool stays
+/// that small.
+struct ZstdEncoder {
+    ctx: zstd::zstd_safe::CCtx<'static>,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+static ZSTD_ENCODERS: parking_lot::Mutex<Vec<ZstdEncoder>> = parking_lot::Mutex::new(Vec::new());
+
+/// Encoders kept beyond those in use; more would only hold memory.
+const ZSTD_ENCODERS_KEPT: usize = 4;
 
 fn compress(
     path: &std::path::Path,
@@ -251,14 +264,15 @@ fn compress(
     let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
     match encoding {
         Encoding::Zstd => {
-            let mut ctx = ZSTD_CONTEXTS
-                .lock()
-                .pop()
-                .unwrap_or_else(zstd::zstd_safe::CCtx::create);
-            let result = zstd_into(&mut ctx, path, level, nar_size, tee);
-            let mut pool = ZSTD_CONTEXTS.lock();
-            if pool.len() < ZSTD_CONTEXTS_KEPT {
-                pool.push(ctx);
+            let mut enc = ZSTD_ENCODERS.lock().pop().unwrap_or_else(|| ZstdEncoder {
+                ctx: zstd::zstd_safe::CCtx::create(),
+                input: Vec::with_capacity(ZSTD_FRAME),
+                output: Vec::with_capacity(zstd::zstd_safe::compress_bound(ZSTD_FRAME)),
+            });
+            let result = zstd_into(&mut enc, path, level, nar_size, tee);
+            let mut pool = ZSTD_ENCODERS.lock();
+            if pool.len() < ZSTD_ENCODERS_KEPT {
+                pool.push(enc);
             }
             result?;
         }
@@ -272,37 +286,37 @@ fn compress(
     Ok(())
 }
 
-/// NAR bytes per zstd frame. Each frame is compressed in one call from the archive
-/// writer's own buffer, which keeps libzstd on its fastest path (no copy into a
-/// streaming window, no matches across a wrapped buffer); a frame starts without the
-/// previous one's history, which costs about 0.2% of size at this length. Decoders,
-/// Nix's included, read concatenated frames as one stream.
-const ZSTD_FRAME: usize = 1 << 20;
+fn zstd_err(code: usize) -> io::Error {
+    io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
 
 fn zstd_into(
-    ctx: &mut zstd::zstd_safe::CCtx<'static>,
+    enc: &mut ZstdEncoder,
     path: &std::path::Path,
     level: u32,
     nar_size: u64,
     tee: &mut Tee,
 ) -> io::Result<()> {
     use zstd::zstd_safe::{CParameter, ResetDirective};
-    let zstd_err = |code: usize| io::Error::other(zstd::zstd_safe::get_error_name(code));
-    ctx.reset(ResetDirective::SessionAndParameters)
+    enc.ctx
+        .reset(ResetDirective::SessionAndParameters)
         .map_err(zstd_err)?;
-    ctx.set_parameter(CParameter::CompressionLevel(level as i32))
+    enc.ctx
+        .set_parameter(CParameter::CompressionLevel(level as i32))
         .map_err(zstd_err)?;
     // No frame checksum: clients check the NarHash of what they unpack anyway.
-    ctx.set_parameter(CParameter::ChecksumFlag(false))
+    enc.ctx
+        .set_parameter(CParameter::ChecksumFlag(false))
         .map_err(zstd_err)?;
+    enc.input.clear();
     let mut frames = Frames {
-        ctx,
-        out: Vec::new(),
+        enc,
         tee,
         left: nar_size,
     };
-    let written = nix_formats::nar::dump_path_in_chunks(path, &mut frames, ZSTD_FRAME)
+    let written = nix_formats::nar::dump_path(path, &mut frames)
         .map_err(|e| io::Error::other(e.to_string()))?;
+    frames.emit()?;
     if written != nar_size {
         return Err(io::Error::other(format!(
             "the archive has {written} bytes, the path's record says {nar_size}"
@@ -311,17 +325,35 @@ fn zstd_into(
     Ok(())
 }
 
-/// Compresses each write into a zstd frame of its own (the frame header records its
-/// size) and passes the frame on. More archive bytes than the path's NarSize fail the
-/// write, so a path that changed on disk never streams on past its recorded size.
-struct Frames<'a, 'c> {
-    ctx: &'a mut zstd::zstd_safe::CCtx<'c>,
-    out: Vec<u8>,
+/// Gathers the archive into frames of [`ZSTD_FRAME`] bytes and passes each on
+/// compressed (its header records its size). More archive bytes than the path's
+/// NarSize fail the write, so a path that changed on disk never streams on past its
+/// recorded size.
+struct Frames<'a> {
+    enc: &'a mut ZstdEncoder,
     tee: &'a mut Tee,
     left: u64,
 }
 
-impl Write for Frames<'_, '_> {
+impl Frames<'_> {
+    /// Compresses what is gathered as one frame and passes it on.
+    fn emit(&mut self) -> io::Result<()> {
+        let enc = &mut *self.enc;
+        if enc.input.is_empty() {
+            return Ok(());
+        }
+        enc.output.clear();
+        enc.output
+            .reserve(zstd::zstd_safe::compress_bound(enc.input.len()));
+        enc.ctx
+            .compress2(&mut enc.output, &enc.input)
+            .map_err(zstd_err)?;
+        enc.input.clear();
+        self.tee.write_all(&enc.output)
+    }
+}
+
+impl Write for Frames<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.len() as u64 > self.left {
             return Err(io::Error::other(
@@ -329,13 +361,16 @@ impl Write for Frames<'_, '_> {
             ));
         }
         self.left -= data.len() as u64;
-        self.out.clear();
-        self.out
-            .reserve(zstd::zstd_safe::compress_bound(data.len()));
-        self.ctx
-            .compress2(&mut self.out, data)
-            .map_err(|code| io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
-        self.tee.write_all(&self.out)?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let room = ZSTD_FRAME - self.enc.input.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.enc.input.extend_from_slice(now);
+            if self.enc.input.len() == ZSTD_FRAME {
+                self.emit()?;
+            }
+            rest = later;
+        }
         Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{padding, NarWriteError, MAGIC};
 
-/// [`dump_path`]'s output buffer and largest read from a file. Writes reach `out` in
+/// Size of the output buffer and of each read from a file. Writes reach `out` in
 /// chunks of about this size, whatever the shape of the tree.
 const CHUNK: usize = 64 * 1024;
 
@@ -22,23 +22,9 @@ const OWNER_EXEC: u32 = 0o100;
 /// Links are never followed, the top-level `path` included, so it may be a symlink.
 /// `out` is not flushed: like `io::copy`, the caller owns its writer.
 pub fn dump_path(path: &Path, out: &mut impl Write) -> Result<u64, NarWriteError> {
-    dump_path_in_chunks(path, out, CHUNK)
-}
-
-/// [`dump_path`] with a buffer of `chunk` bytes: every write to `out` is one call
-/// with the whole buffer, at least `chunk` bytes except the last (at most `chunk` plus
-/// one archive string), so a writer that compresses each write on its own sees
-/// pieces of a known size.
-pub fn dump_path_in_chunks(
-    path: &Path,
-    out: &mut impl Write,
-    chunk: usize,
-) -> Result<u64, NarWriteError> {
-    let chunk = chunk.max(1);
     let mut w = Emitter {
         out,
-        buf: Vec::with_capacity(chunk + 1024),
-        chunk,
+        buf: Vec::with_capacity(CHUNK + 1024),
         written: 0,
     };
     w.string(MAGIC)?;
@@ -100,16 +86,11 @@ fn dump_node<W: Write>(w: &mut Emitter<'_, W>, path: &Path) -> Result<(), NarWri
 struct Emitter<'a, W: Write> {
     out: &'a mut W,
     buf: Vec<u8>,
-    /// Flush once `buf` holds this much.
-    chunk: usize,
     written: u64,
 }
 
 impl<W: Write> Emitter<'_, W> {
     fn flush_buf(&mut self) -> Result<(), NarWriteError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
         self.out
             .write_all(&self.buf)
             .map_err(NarWriteError::Output)?;
@@ -120,7 +101,7 @@ impl<W: Write> Emitter<'_, W> {
 
     fn bytes(&mut self, data: &[u8]) -> Result<(), NarWriteError> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.chunk {
+        if self.buf.len() >= CHUNK {
             self.flush_buf()?;
         }
         Ok(())
@@ -137,11 +118,11 @@ impl<W: Write> Emitter<'_, W> {
         self.bytes(&size.to_le_bytes())?;
         let mut remaining = size;
         while remaining > 0 {
-            if self.buf.len() >= self.chunk {
+            if self.buf.len() >= CHUNK {
                 self.flush_buf()?;
             }
             let start = self.buf.len();
-            let room = (self.chunk - start).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let room = (CHUNK - start).min(usize::try_from(remaining).unwrap_or(usize::MAX));
             self.buf.resize(start + room, 0);
             let n = loop {
                 match file.read(&mut self.buf[start..]) {
