@@ -199,7 +199,8 @@ async fn replicate(
         open: true,
         verified: Vec::new(),
     }));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(), String>>(peers.len().max(1));
+    let peer_count = peers.len();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(), String>>(peer_count.max(1));
     for m in peers {
         let (tx, s2, node2, rec2, gathered) = (
             tx.clone(),
@@ -238,23 +239,39 @@ async fn replicate(
         });
     }
     drop(tx);
+    let copying = std::time::Instant::now();
     // This node's own copy counts unless it is registered already.
     let mine = usize::from(!already.contains(&me));
     let mut last_err = String::new();
+    let mut reported = 0;
     loop {
         let verified = gathered.lock().verified.len();
         if already.len() + mine + verified >= required {
             break;
         }
         match rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => last_err = e,
+            Some(Ok(())) => reported += 1,
+            Some(Err(e)) => {
+                reported += 1;
+                last_err = e;
+            }
             None => {
                 let holders = already.len() + mine + gathered.lock().verified.len();
                 return Err(ServerError::Unavailable(format!(
                     "only {holders} node(s) hold a registered, verified copy; {required} required ({last_err})"
                 )));
             }
+        }
+    }
+    // Copies of the same bytes sent at once finish at about the same time: a copy
+    // still going gets a moment more to join this entry (one Raft entry per upload
+    // instead of one more per late copy). One much slower than the rest (a busy or
+    // distant peer) registers itself when done; a peer that is down has failed already.
+    let deadline = tokio::time::Instant::now() + gather_grace(copying.elapsed());
+    while reported < peer_count {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(_)) => reported += 1,
+            Ok(None) | Err(_) => break,
         }
     }
     let mut holders = {
@@ -289,6 +306,12 @@ async fn replicate(
         failpoint("after-path");
     }
     r.map(|_| ()).map_err(rejected)
+}
+
+/// How long an upload's entry waits for copies still going once it has the copies it
+/// needs: half as long again as the copies so far took, within 5 to 200 ms.
+fn gather_grace(copies_took: Duration) -> Duration {
+    (copies_took / 2).clamp(Duration::from_millis(5), Duration::from_millis(200))
 }
 
 /// The references of `rec` the upload relies on the cluster for (all but itself and
