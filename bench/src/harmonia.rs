@@ -8,7 +8,7 @@
 //! it), with the benchmark's signing key, serving the same store as cairnd.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
@@ -132,15 +132,4 @@ impl Side {
         self.server.stop();
         Ok(run)
     }
-}
-
-/// The binary `--harmonia` names, made absolute and checked to exist.
-pub fn binary(p: &Path) -> Result<PathBuf> {
-    let p = crate::absolute(p)?;
-    anyhow::ensure!(
-        p.is_file(),
-        "no harmonia-cache binary at {} (see bench/README.md for building one)",
-        p.display()
-    );
-    Ok(p)
 }

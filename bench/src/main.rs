@@ -206,13 +206,12 @@ async fn bench(args: Args) -> Result<()> {
     }
     fs::create_dir_all(&run_dir)?;
     let pid_file = out.join("servers.pids");
-    let cairnd_bin = absolute(&args.cairnd)?;
-    let harmonia_bin = args.harmonia.as_deref().map(harmonia::binary).transpose()?;
-    ensure!(
-        cairnd_bin.is_file(),
-        "no cairnd binary at {} (cargo build --release --bin cairnd)",
-        cairnd_bin.display()
-    );
+    let cairnd_bin = existing_binary(&args.cairnd, "cairnd", "cargo build --release --bin cairnd")?;
+    let harmonia_bin = args
+        .harmonia
+        .as_deref()
+        .map(|p| existing_binary(p, "harmonia-cache", "see bench/README.md for building one"))
+        .transpose()?;
 
     // Corpus, static cache, key.
     let conf_dir = setup::nix_conf_dir(&out)?;
@@ -494,6 +493,13 @@ async fn check_signed(client: &reqwest::Client, server: &Server, hash: &str) -> 
         bail!("{url} carries no signature by bench-cairn-1:\n{text}");
     }
     Ok(())
+}
+
+/// `p` made absolute; an error naming `what` and how to get it when there is no file.
+fn existing_binary(p: &Path, what: &str, hint: &str) -> Result<PathBuf> {
+    let p = absolute(p)?;
+    ensure!(p.is_file(), "no {what} binary at {} ({hint})", p.display());
+    Ok(p)
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

@@ -161,7 +161,7 @@ fn produce(path: PathBuf, plan: Plan, tx: mpsc::Sender<io::Result<Bytes>>, metri
                 // Running past the range's end is how a range stops early; for a whole
                 // NAR it means the archive grew since the narinfo was made.
                 Err(e) if !whole && is_range_done(&e) => Ok(()),
-                Err(e) => Err(io::Error::other(e.to_string())),
+                Err(e) => Err(nar_io(e)),
             };
             metrics.add_bytes(Encoding::Identity, sink.sent);
             if let Err(e) = outcome {
@@ -261,7 +261,6 @@ fn compress(
     nar_size: u64,
     tee: &mut Tee,
 ) -> io::Result<()> {
-    let as_io = |e: nix_formats::nar::NarWriteError| io::Error::other(e.to_string());
     match encoding {
         Encoding::Zstd => {
             let mut enc = ZSTD_ENCODERS.lock().pop().unwrap_or_else(|| ZstdEncoder {
@@ -278,7 +277,7 @@ fn compress(
         }
         Encoding::Xz => {
             let mut enc = xz2::write::XzEncoder::new(tee, level);
-            nix_formats::nar::dump_path(path, &mut enc).map_err(as_io)?;
+            nix_formats::nar::dump_path(path, &mut enc).map_err(nar_io)?;
             enc.finish()?;
         }
         Encoding::Identity => unreachable!("identity is not a compressed plan"),
@@ -286,8 +285,14 @@ fn compress(
     Ok(())
 }
 
+/// A libzstd error code as an I/O error (the zstd crate keeps its own mapping private).
 fn zstd_err(code: usize) -> io::Error {
     io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
+
+/// An archive writer's error as the I/O error a compressing producer returns.
+fn nar_io(e: nix_formats::nar::NarWriteError) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 fn zstd_into(
@@ -314,8 +319,7 @@ fn zstd_into(
         tee,
         left: nar_size,
     };
-    let written = nix_formats::nar::dump_path(path, &mut frames)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let written = nix_formats::nar::dump_path(path, &mut frames).map_err(nar_io)?;
     frames.emit()?;
     if written != nar_size {
         return Err(io::Error::other(format!(
