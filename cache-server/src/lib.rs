@@ -12,6 +12,7 @@ pub mod gc;
 pub mod internal;
 pub mod keys;
 mod landing;
+mod leftover;
 mod logs;
 pub mod metrics;
 mod nar_stream;

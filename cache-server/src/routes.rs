@@ -156,6 +156,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/{file}", get(by_hash).put(put_by_hash))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(crate::leftover::read_leftovers))
         .with_state(state)
 }
 

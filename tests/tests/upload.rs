@@ -246,6 +246,10 @@ fn bad_uploads_are_refused_and_leave_nothing() {
         put(&format!("{u}/nar/abc.nar.gz"), Some(PUSH), vec![1], &[]).0,
         400
     );
+    // Refused before a byte of a large body is read: the client still gets the status,
+    // not a reset connection.
+    let (st, body) = put(&nar_url(&top), None, vec![0; 4 << 20], &[]);
+    assert_eq!(st, 401, "{body}");
     // A truncated upload: Content-Length promises more than arrives.
     truncated_put(
         &nar_url(&top),
@@ -274,6 +278,9 @@ fn bad_uploads_are_refused_and_leave_nothing() {
         200
     );
     assert_eq!(head_status(&nar_url(&top)), 200);
+    assert_eq!(s.blobs_and_staging(), (2, 0));
+    // Sending a stored NAR again is answered at once, whole body or not.
+    assert_eq!(put(&nar_url(&top), Some(PUSH), top.zst.clone(), &[]).0, 200);
     assert_eq!(s.blobs_and_staging(), (2, 0));
 
     let dep_base = Path::new(&dep.path)
