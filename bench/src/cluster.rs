@@ -1,8 +1,8 @@
 //! The cluster figures (issue 4): three `cairnd` nodes on loopback with their default
-//! Raft timing, against one standalone `cairnd`, on the same corpus:
+//! Raft timing, against one single `cairnd` (a cluster of one), on the same corpus:
 //!
 //! - upload throughput: `cachectl push` of the corpus closure into node 1 of a fresh
-//!   cluster vs into a fresh standalone cairnd (target: cluster ≥ 0.6× single);
+//!   cluster vs into a fresh single cairnd (target: cluster ≥ 0.6× single);
 //! - replication: from the start of that push until every blob has three copies;
 //! - narinfo hits and misses (wrk) on a follower vs on the leader (targets ≥ 0.9× and
 //!   ≥ 0.7×);
@@ -72,7 +72,7 @@ struct NodeSpec {
     config: PathBuf,
 }
 
-/// Writes the configs of a fresh `n`-node cluster (`n == 0`: one standalone node).
+/// Writes the configs of a fresh `n`-node cluster (`n == 0`: one single node).
 fn write_configs(ctx: &Ctx<'_>, tag: &str, n: u64) -> Result<Vec<NodeSpec>> {
     let dir = ctx.run_dir.join(format!("cluster-{tag}"));
     if dir.exists() {
@@ -287,7 +287,7 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
     let client = crate::narpass::client()?;
     let mut r = ClusterResults::default();
     for rep in 1..=ctx.reps {
-        // Upload throughput: standalone, then a fresh cluster.
+        // Upload throughput: single, then a fresh cluster.
         let single = write_configs(ctx, &format!("single-{rep}"), 0)?;
         let mut one = start(ctx, &format!("single-{rep}"), &single[0]).await?;
         let token = single[0].config.with_file_name("push");
@@ -502,9 +502,10 @@ pub fn render(r: &ClusterResults) -> String {
     let _ = writeln!(
         w,
         "Three `cairnd` nodes on loopback, all on this one 2-core machine (so the cluster's \
-         three verifications of every upload share the cores one standalone node has to \
+         three verifications of every upload share the cores one single node has to \
          itself) (default Raft timing: heartbeat 250 ms, elections \
-         1–2 s) beside one standalone `cairnd`, same machine, same corpus; medians of {} \
+         1–2 s) beside one single `cairnd` (the default: a cluster of one, no peers), same \
+         machine, same corpus; medians of {} \
          runs, every run listed.\n",
         r.push_single.len()
     );

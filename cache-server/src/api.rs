@@ -182,14 +182,14 @@ pub async fn revoke_token(
     }
 }
 
-/// One node in `GET /api/v1/status`. The consensus fields are `null` on a standalone
-/// cache, which reports itself as a cluster of one.
+/// One node in `GET /api/v1/status`. The consensus fields are `null` for a member that
+/// did not answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
     pub reachable: bool,
-    /// `single` for a standalone cache; `leader`, `follower`, `learner`, `candidate`
-    /// in a cluster; `unjoined` for a node that belongs to no cluster yet.
+    /// `leader`, `follower`, `learner`, `candidate`; `unjoined` for a node that
+    /// belongs to no cluster yet; `unreachable` for a member that did not answer.
     pub role: String,
     pub term: Option<u64>,
     pub last_log_index: Option<u64>,
@@ -220,7 +220,7 @@ impl NodeStatus {
         NodeStatus {
             id,
             reachable: true,
-            role: "single".into(),
+            role: String::new(),
             term: None,
             last_log_index: None,
             applied_index: None,
@@ -281,28 +281,23 @@ async fn local_report(s: &Shared) -> Result<(NodeStatus, u64), ServerError> {
             .blobs
             .disk_usage()
             .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
-        let mut n = NodeStatus::blank(1, total, free, state.started.elapsed().as_secs());
-        let mut under = 0;
-        match state.catalog.node() {
-            None => n.blobs_held = state.catalog.blob_stats()?.0,
-            Some(node) => {
-                let m = node.metrics();
-                n.id = node.id();
-                n.role = if node.identity().is_none() {
-                    "unjoined".into()
-                } else {
-                    format!("{:?}", m.state).to_lowercase()
-                };
-                n.term = Some(m.current_term);
-                n.last_log_index = m.last_log_index;
-                n.applied_index = m.last_applied.map(|l| l.index);
-                let target = crate::replication::replica_target(&state, node.members().len());
-                let (held, missing, short) = blob_counts(node, target)?;
-                n.blobs_held = held;
-                n.blobs_missing = missing;
-                under = short;
-            }
-        }
+        let node = state.catalog.node();
+        let m = node.metrics();
+        let target = crate::replication::replica_target(&state, node.members().len());
+        let (held, missing, under) = blob_counts(node, target)?;
+        let n = NodeStatus {
+            role: if node.identity().is_none() {
+                "unjoined".into()
+            } else {
+                format!("{:?}", m.state).to_lowercase()
+            },
+            term: Some(m.current_term),
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            blobs_held: held,
+            blobs_missing: missing,
+            ..NodeStatus::blank(node.id(), total, free, state.started.elapsed().as_secs())
+        };
         Ok((n, under))
     })
     .await?
@@ -313,21 +308,7 @@ async fn local_report(s: &Shared) -> Result<(NodeStatus, u64), ServerError> {
 pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Read)?;
     let (local, under) = local_report(&s).await?;
-    let Some(node) = s.catalog.node().cloned() else {
-        let (paths, (_, stored_bytes)) = (s.catalog.path_count()?, s.catalog.blob_stats()?);
-        return Ok(Json(Status {
-            leader: Some(1),
-            voters: vec![1],
-            learners: Vec::new(),
-            paths,
-            stored_bytes,
-            under_replicated_blobs: 0,
-            replicas_target: 1,
-            upload_sessions: s.sessions.len(),
-            nodes: vec![local],
-        })
-        .into_response());
-    };
+    let node = s.catalog.node().clone();
     let members = node.members();
     let me = node.id();
     let reports = futures_util::future::join_all(members.iter().map(|m| {
@@ -422,13 +403,9 @@ pub async fn cluster_init(
     body: Option<Json<ClusterInitRequest>>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = crate::replication::node_of(&s)?.clone();
+    let node = s.catalog.node().clone();
     let with_peers = body.map(|Json(b)| b.with_peers).unwrap_or(true);
-    let cfg = s
-        .config
-        .cluster
-        .as_ref()
-        .expect("a node has a cluster config");
+    let cfg = &s.config.cluster;
     let identity = node
         .init_identity()
         .map_err(|e| ServerError::Conflict(e.to_string()))?;
@@ -490,7 +467,19 @@ pub async fn cluster_add(
     Json(req): Json<AddNodeRequest>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = crate::replication::node_of(&s)?.clone();
+    if s.config.cluster.is_solo() {
+        return Err(ServerError::Conflict(
+            "this cache has no cluster listener for its peers to reach: give it a [cluster] \
+             section (node_id = 1, listen, secret_file) and restart it, then add nodes"
+                .into(),
+        ));
+    }
+    let node = s.catalog.node().clone();
+    // A cluster of one that was just given its listener may not have recorded its
+    // address yet: the new node must find it before it can forward a write.
+    if let Err(e) = node.refresh_own_addr().await {
+        return Err(write_error(e));
+    }
     node.change_membership(cluster::MembershipChange::Add {
         node_id: req.node_id,
         addr: req.addr,
@@ -507,7 +496,7 @@ pub async fn cluster_remove(
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = crate::replication::node_of(&s)?.clone();
+    let node = s.catalog.node().clone();
     node.change_membership(cluster::MembershipChange::Remove { node_id: id })
         .await
         .map_err(write_error)?;

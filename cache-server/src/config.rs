@@ -173,7 +173,8 @@ pub struct FileConfig {
     pub max_log_bytes: Option<u64>,
     /// Serve the local Nix store too. Default: when its database exists.
     pub serve_local_store: Option<bool>,
-    /// Run as a node of a replicated cluster (`[cluster]`); absent: a standalone cache.
+    /// This node's place in a replicated cluster (`[cluster]`); absent, or without
+    /// `listen`: a cluster of one (node 1, no cluster listener).
     pub cluster: Option<ClusterFileConfig>,
 }
 
@@ -181,10 +182,11 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFileConfig {
-    /// This node's id, 1 or more, unique in the cluster and never reused.
+    /// This node's id, 1 or more, unique in the cluster and never reused. Required
+    /// with `listen`; a cluster of one is node 1.
     pub node_id: Option<u64>,
     /// The cluster listener (`host:port` on the cluster network), serving only
-    /// node-to-node traffic.
+    /// node-to-node traffic. Absent: a cluster of one, which needs none.
     pub listen: Option<String>,
     /// How peers reach the cluster listener. Default: `listen`.
     pub advertise: Option<String>,
@@ -224,13 +226,18 @@ pub struct PeerConfig {
     pub addr: String,
 }
 
-/// `[cluster]` after defaults.
+/// `[cluster]` after defaults. Without a `[cluster]` section, or with one that sets no
+/// `listen`, the cache is a cluster of one: node 1, no cluster listener, no secret file,
+/// the tuning keys as given or defaulted.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: u64,
-    pub listen: String,
+    /// The cluster listener; `None` for a cluster of one (nothing else ever calls it).
+    pub listen: Option<String>,
+    /// How peers reach the cluster listener; empty without one.
     pub advertise: String,
-    pub secret_file: PathBuf,
+    /// `None` for a cluster of one: a secret is made up at each start.
+    pub secret_file: Option<PathBuf>,
     pub peers: Vec<PeerConfig>,
     pub replicas: usize,
     pub heartbeat_ms: u64,
@@ -243,17 +250,39 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    fn resolve(f: &ClusterFileConfig) -> Result<Self, ConfigError> {
+    /// Whether this is a cluster of one without a listener (no `listen`).
+    pub fn is_solo(&self) -> bool {
+        self.listen.is_none()
+    }
+
+    fn resolve(section: Option<&ClusterFileConfig>) -> Result<Self, ConfigError> {
         let bad = |m: &str| ConfigError::Invalid(format!("[cluster] {m}"));
-        let node_id = f.node_id.ok_or_else(|| bad("node_id is required"))?;
+        let solo = ClusterFileConfig::default();
+        let f = section.unwrap_or(&solo);
+        let (node_id, listen, secret_file) = match &f.listen {
+            // A cluster of one: only the tuning keys mean anything.
+            None => {
+                if f.secret_file.is_some() || f.advertise.is_some() || !f.peers.is_empty() {
+                    return Err(bad(
+                        "listen is required with secret_file, advertise or peers (without \
+                         it the cache is a cluster of one)",
+                    ));
+                }
+                (f.node_id.unwrap_or(1), None, None)
+            }
+            Some(listen) => (
+                f.node_id.ok_or_else(|| bad("node_id is required"))?,
+                Some(listen.clone()),
+                Some(
+                    f.secret_file
+                        .clone()
+                        .ok_or_else(|| bad("secret_file is required"))?,
+                ),
+            ),
+        };
         if node_id == 0 {
             return Err(bad("node_id must be 1 or more"));
         }
-        let listen = f.listen.clone().ok_or_else(|| bad("listen is required"))?;
-        let secret_file = f
-            .secret_file
-            .clone()
-            .ok_or_else(|| bad("secret_file is required"))?;
         let mut seen = std::collections::BTreeSet::from([node_id]);
         for p in &f.peers {
             if !seen.insert(p.node_id) || p.node_id == 0 {
@@ -276,7 +305,11 @@ impl ClusterConfig {
         }
         Ok(ClusterConfig {
             node_id,
-            advertise: f.advertise.clone().unwrap_or_else(|| listen.clone()),
+            advertise: f
+                .advertise
+                .clone()
+                .or_else(|| listen.clone())
+                .unwrap_or_default(),
             listen,
             secret_file,
             peers: f.peers.clone(),
@@ -337,7 +370,8 @@ pub struct Config {
     pub upload_part_bytes: u64,
     pub max_log_bytes: u64,
     pub serve_local_store: Option<bool>,
-    pub cluster: Option<ClusterConfig>,
+    /// This node's place in its cluster (a cluster of one by default).
+    pub cluster: ClusterConfig,
 }
 
 fn cpus() -> usize {
@@ -457,11 +491,7 @@ impl Config {
             upload_part_bytes,
             max_log_bytes: file.max_log_bytes.unwrap_or(64 << 20),
             serve_local_store: file.serve_local_store,
-            cluster: file
-                .cluster
-                .as_ref()
-                .map(ClusterConfig::resolve)
-                .transpose()?,
+            cluster: ClusterConfig::resolve(file.cluster.as_ref())?,
         })
     }
 }

@@ -197,16 +197,6 @@ pub async fn gc_loop(s: Shared, node: Arc<Node>, interval: Duration) {
     }
 }
 
-fn node_for_gc(s: &AppState) -> Result<&Arc<Node>, ServerError> {
-    s.catalog.node().ok_or_else(|| {
-        ServerError::Conflict(
-            "GC, pins and retention need a cluster node (a single node can be a \
-             cluster of one: see the README)"
-                .to_string(),
-        )
-    })
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GcRequest {
@@ -221,7 +211,7 @@ pub async fn run_gc(
     Json(req): Json<GcRequest>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = node_for_gc(&s)?.clone();
+    let node = s.catalog.node().clone();
     Ok(Json(gc_pass(&s, &node, req.dry_run).await?).into_response())
 }
 
@@ -231,7 +221,7 @@ pub async fn list_pins(
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = node_for_gc(&s)?.clone();
+    let node = s.catalog.node().clone();
     let pins = tokio::task::spawn_blocking(move || node.state().pins()).await??;
     Ok(Json(pins).into_response())
 }
@@ -263,7 +253,7 @@ pub async fn put_pin(
     body: Option<Json<PinRequest>>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = node_for_gc(&s)?.clone();
+    let node = s.catalog.node().clone();
     let reason = body.and_then(|Json(b)| b.reason);
     if reason.as_ref().is_some_and(|r| r.len() > 500) {
         return Err(ServerError::BadRequest("pin reason longer than 500 bytes"));
@@ -284,7 +274,7 @@ pub async fn delete_pin(
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = node_for_gc(&s)?.clone();
+    let node = s.catalog.node().clone();
     let hash_part = hash_part_of(&s, &path)?;
     match write(&node, Command::Unpin { hash_part }).await? {
         Applied::Unpinned { was_pinned: true } => {
@@ -300,7 +290,7 @@ pub async fn get_retention(
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = node_for_gc(&s)?.clone();
+    let node = s.catalog.node().clone();
     let r = tokio::task::spawn_blocking(move || node.state().retention()).await??;
     Ok(Json(r.unwrap_or_default()).into_response())
 }
@@ -312,7 +302,7 @@ pub async fn put_retention(
     Json(mut settings): Json<RetentionSettings>,
 ) -> Result<Response, ServerError> {
     s.auth.check(&s.catalog, &headers, Scope::Admin)?;
-    let node = node_for_gc(&s)?.clone();
+    let node = s.catalog.node().clone();
     if let (Some(low), Some(high)) = (settings.low_watermark_bytes, settings.high_watermark_bytes) {
         if low > high {
             return Err(ServerError::BadRequest(

@@ -19,7 +19,7 @@ use nix_formats::Hash;
 use store::blobs::{Compression, ExpectedNar};
 
 use crate::error::ServerError;
-use crate::replication::{node_of, HEADER_COMPRESSION, HEADER_NAR_HASH, HEADER_NAR_SIZE};
+use crate::replication::{HEADER_COMPRESSION, HEADER_NAR_HASH, HEADER_NAR_SIZE};
 use crate::state::Shared;
 use crate::upload::with_body_reader;
 
@@ -51,9 +51,7 @@ fn refuse(status: StatusCode, msg: &str) -> Response {
 
 /// Checks the secret, the target node and the cluster id of every internal request.
 async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    let Some(node) = s.catalog.node() else {
-        return refuse(StatusCode::NOT_FOUND, "not a cluster node");
-    };
+    let node = s.catalog.node();
     let h = req.headers();
     let presented = h
         .get(header::AUTHORIZATION)
@@ -107,7 +105,7 @@ async fn append(
     State(s): State<Shared>,
     Json(req): Json<AppendRequest>,
 ) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     Ok(raft_answer(node.raft().append_entries(req).await))
 }
 
@@ -115,7 +113,7 @@ async fn vote(
     State(s): State<Shared>,
     Json(req): Json<VoteRequest>,
 ) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     Ok(raft_answer(node.raft().vote(req).await))
 }
 
@@ -123,14 +121,14 @@ async fn pre_vote(
     State(s): State<Shared>,
     Json(req): Json<VoteRequest>,
 ) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     Ok(raft_answer(node.raft().pre_vote(req).await))
 }
 
 /// Receives a snapshot: its head line, then its bytes into an unnamed file in the
 /// snapshot directory (gone by itself if we crash), then hands it to Raft.
 async fn snapshot(State(s): State<Shared>, body: Body) -> Result<Response, ServerError> {
-    let node = node_of(&s)?.clone();
+    let node = s.catalog.node().clone();
     let dir = node.config().dir.join("snapshots");
     let (head, file) = with_body_reader(body, move |reader| {
         let mut reader = BufReader::with_capacity(256 << 10, reader);
@@ -158,7 +156,7 @@ async fn snapshot(State(s): State<Shared>, body: Body) -> Result<Response, Serve
 
 /// A write forwarded by another node: committed here if this node leads.
 async fn write(State(s): State<Shared>, Json(cmd): Json<Command>) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     Ok(match node.write_as_leader(cmd).await {
         Ok(r) => Json(r).into_response(),
         Err(ForwardedWriteError::NotLeader(n)) => {
@@ -173,7 +171,7 @@ async fn write(State(s): State<Shared>, Json(cmd): Json<Command>) -> Result<Resp
 }
 
 async fn read_index(State(s): State<Shared>) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     if !node.is_leader() {
         return Ok(refuse(StatusCode::MISDIRECTED_REQUEST, "not the leader"));
     }
@@ -184,7 +182,7 @@ async fn read_index(State(s): State<Shared>) -> Result<Response, ServerError> {
 }
 
 async fn adopt(State(s): State<Shared>, Json(req): Json<Adopt>) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     Ok(match node.adopt(req.cluster_id) {
         Ok(()) => Json(serde_json::json!({"node_id": node.id()})).into_response(),
         Err(e) => refuse(StatusCode::CONFLICT, &e.to_string()),
@@ -195,7 +193,7 @@ async fn change(
     State(s): State<Shared>,
     Json(req): Json<MembershipChange>,
 ) -> Result<Response, ServerError> {
-    let node = node_of(&s)?;
+    let node = s.catalog.node();
     Ok(match node.change_as_leader(req).await {
         Ok(()) => Json(serde_json::json!({})).into_response(),
         Err(cluster::WriteError::Refused(m)) => refuse(StatusCode::CONFLICT, &m),

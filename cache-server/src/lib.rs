@@ -17,6 +17,7 @@ mod logs;
 pub mod metrics;
 mod nar_stream;
 mod narinfo_cache;
+pub mod raft_node;
 pub mod replication;
 pub mod routes;
 pub mod serve;

@@ -21,13 +21,12 @@ use axum::body::Body;
 use nix_formats::Hash;
 use reqwest::Method;
 use store::blobs::ExpectedNar;
-use store::meta::{BlobRecord, CacheDb, MetaError, PathRecord, TokenRecord};
+use store::meta::{BlobRecord, PathRecord, TokenRecord};
 
 use cluster::command::{BlobEntry, Command, NodeId, Rejection};
 use cluster::{Member, Node, WriteError};
 
 use crate::auth::now;
-use crate::catalog::Catalog;
 use crate::config::ClusterConfig;
 use crate::error::ServerError;
 use crate::state::{AppState, Shared};
@@ -60,20 +59,6 @@ fn unavailable(e: WriteError) -> ServerError {
     }
 }
 
-/// Runs `f` on a standalone cache's database, on the blocking pool (a durable redb
-/// commit waits for its fsync). Called only where the catalog is known to be local.
-async fn with_local_db<T: Send + 'static>(
-    s: &Shared,
-    f: impl FnOnce(&CacheDb) -> Result<T, MetaError> + Send + 'static,
-) -> Result<T, ServerError> {
-    let st = s.clone();
-    tokio::task::spawn_blocking(move || match &st.catalog {
-        Catalog::Local(db) => Ok(f(db)?),
-        Catalog::Cluster(_) => unreachable!("the standalone path of a cluster node"),
-    })
-    .await?
-}
-
 /// The file hashes of the blob entries `pick` takes, walked on the blocking pool in
 /// file hash order. `pick` answers (take this one, go on).
 async fn select_blobs(
@@ -98,8 +83,7 @@ async fn select_blobs(
 
 /// The copies of every blob repair keeps: `replicas`, capped by the number of members.
 pub fn replica_target(s: &AppState, members: usize) -> usize {
-    let want = s.config.cluster.as_ref().map(|c| c.replicas).unwrap_or(3);
-    want.min(members.max(1))
+    s.config.cluster.replicas.min(members.max(1))
 }
 
 /// Registers this node as a holder of `blob` through Raft.
@@ -153,14 +137,11 @@ fn rejected(r: Rejection) -> ServerError {
     }
 }
 
-/// Makes a freshly ingested blob durable in the catalog: recorded (standalone), or
-/// copied to the peers and registered with its holders (cluster). On a cluster, fails
-/// with 503 when fewer nodes than a path needs hold a verified copy.
+/// Makes a freshly ingested blob durable in the catalog: copied to the peers (if any)
+/// and registered with its holders. Fails with 503 when fewer nodes than a path needs
+/// hold a verified copy.
 pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError> {
-    let Some(node) = s.catalog.node().cloned() else {
-        let rec = rec.clone();
-        return with_local_db(s, move |db| db.put_blob(&rec)).await;
-    };
+    let node = s.catalog.node().clone();
     replicate(s, &node, rec, None).await?;
     failpoint("after-register");
     Ok(())
@@ -336,66 +317,49 @@ fn required_references(s: &AppState, rec: &PathRecord) -> Result<Vec<String>, Se
     Ok(out)
 }
 
-/// Records a verified path: in the cache database, or through Raft.
+/// Records a verified path through Raft.
 pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError> {
-    match s.catalog.node() {
-        None => {
-            let rec = rec.clone();
-            with_local_db(s, move |db| db.put_path(&rec)).await
-        }
-        Some(node) => {
-            failpoint("before-path");
-            let requires = required_references(s, rec)?;
-            let started = std::time::Instant::now();
-            let r = node
-                .write(Command::PutPath {
-                    path: rec.clone(),
-                    requires,
-                })
-                .await
-                .map_err(unavailable)?;
-            s.metrics.observe_commit(started.elapsed());
-            failpoint("after-path");
-            r.map(|_| ()).map_err(rejected)
-        }
-    }
+    failpoint("before-path");
+    let requires = required_references(s, rec)?;
+    let started = std::time::Instant::now();
+    let r = s
+        .catalog
+        .node()
+        .write(Command::PutPath {
+            path: rec.clone(),
+            requires,
+        })
+        .await
+        .map_err(unavailable)?;
+    s.metrics.observe_commit(started.elapsed());
+    failpoint("after-path");
+    r.map(|_| ()).map_err(rejected)
 }
 
-/// Records a blob and its path together (the batch API's last step): on a cluster, in
-/// the same Raft entry as the blob's first holders.
+/// Records a blob and its path together (the batch API's last step), in the same
+/// Raft entry as the blob's first holders.
 pub async fn commit_blob_and_path(
     s: &Shared,
     blob: &BlobRecord,
     path: &PathRecord,
 ) -> Result<(), ServerError> {
-    match s.catalog.node().cloned() {
-        None => {
-            let (blob, path) = (blob.clone(), path.clone());
-            with_local_db(s, move |db| db.put_blob_and_path(&blob, &path)).await
-        }
-        Some(node) => replicate(s, &node, blob, Some(path)).await,
-    }
+    let node = s.catalog.node().clone();
+    replicate(s, &node, blob, Some(path)).await
 }
 
-/// Stores a token (standalone: the database; cluster: through Raft).
+/// Stores a token through Raft.
 pub async fn put_token(s: &Shared, rec: TokenRecord) -> Result<(), ServerError> {
-    match s.catalog.node() {
-        None => with_local_db(s, move |db| db.put_token(&rec)).await,
-        Some(node) => write(node, Command::PutToken { token: rec })
-            .await
-            .map(|_| ()),
-    }
+    write(s.catalog.node(), Command::PutToken { token: rec })
+        .await
+        .map(|_| ())
 }
 
 /// Revokes a token; false when no token has that id.
 pub async fn revoke_token(s: &Shared, id: String) -> Result<bool, ServerError> {
-    match s.catalog.node() {
-        None => with_local_db(s, move |db| db.revoke_token(&id)).await,
-        Some(node) => Ok(matches!(
-            write(node, Command::RevokeToken { id }).await?,
-            cluster::Applied::TokenRevoked { found: true }
-        )),
-    }
+    Ok(matches!(
+        write(s.catalog.node(), Command::RevokeToken { id }).await?,
+        cluster::Applied::TokenRevoked { found: true }
+    ))
 }
 
 /// How long a blob transfer between nodes may take: 10 s plus 10 MB/s. A peer slower
@@ -447,10 +411,7 @@ pub async fn ensure_local(s: &Shared, file_hash: &Hash) -> Result<(), ServerErro
     if s.blobs.contains(file_hash) {
         return Ok(());
     }
-    let Some(node) = s.catalog.node().cloned() else {
-        // Standalone: the caller reports a recorded blob missing from disk.
-        return Ok(());
-    };
+    let node = s.catalog.node().clone();
     let entry = node.state().blob(file_hash)?.ok_or(ServerError::NotFound)?;
     let me = node.id();
     for (&holder, _) in entry.holders.iter().filter(|(h, _)| **h != me) {
@@ -477,17 +438,14 @@ pub async fn ensure_local(s: &Shared, file_hash: &Hash) -> Result<(), ServerErro
     Err(ServerError::NotFound)
 }
 
-/// This node's copy of a blob: opened from disk, or on a cluster node that has none,
-/// fetched from a holder (verified) first. `None`: a standalone cache lacks the file.
+/// This node's copy of a blob: opened from disk, or when this node has none, fetched
+/// from a holder (verified) first.
 pub async fn open_or_fetch(
     s: &Shared,
     file_hash: &Hash,
 ) -> Result<Option<(std::fs::File, u64)>, ServerError> {
     if let Some(f) = s.blobs.open_blob(file_hash).map_err(blob_error)? {
         return Ok(Some(f));
-    }
-    if s.catalog.node().is_none() {
-        return Ok(None);
     }
     ensure_local(s, file_hash).await?;
     s.blobs.open_blob(file_hash).map_err(blob_error)
@@ -567,9 +525,7 @@ pub fn forget_holder(node: Arc<Node>, gone: NodeId) {
 /// not been placed or wanted for `grace` (an upload refused half way, a copy whose
 /// registration never came). Returns how many files it deleted.
 pub async fn gc_orphans(s: &Shared, grace: Duration) -> Result<u64, ServerError> {
-    let Some(node) = s.catalog.node().cloned() else {
-        return Ok(0);
-    };
+    let node = s.catalog.node().clone();
     if node.identity().is_none() {
         return Ok(0);
     }
@@ -642,23 +598,22 @@ fn placed_within(s: &AppState, file_hash: &Hash, grace: Duration) -> bool {
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < grace))
 }
 
-/// Sets aside a local blob that failed its check: on a cluster node, its holder record
-/// goes first (invariant 3), then the file; repair fetches a good copy later (a read
-/// does at once). Standalone, the file goes and the path's NAR answers 404.
+/// Sets aside a local blob that failed its check: its holder record goes first
+/// (invariant 3), then the file; repair fetches a good copy later (a read does at
+/// once). Without another copy (a cluster of one) the path's NAR answers 404.
 pub async fn quarantine(s: &Shared, file_hash: &Hash) {
     tracing::error!(file_hash = %file_hash, "a stored blob does not hash to its name; removing this copy");
-    if let Some(node) = s.catalog.node() {
-        let cmd = Command::UnregisterHolder {
-            file_hash: file_hash.clone(),
-            node: node.id(),
-            only_if_unreferenced: false,
-        };
-        if let Err(e) = node.write(cmd).await {
-            // Still registered: keep the file out of service by moving it aside is not
-            // possible without the registry agreeing, so leave it for the next check.
-            tracing::warn!(error = %e, "could not unregister a corrupt copy; will retry");
-            return;
-        }
+    let node = s.catalog.node();
+    let cmd = Command::UnregisterHolder {
+        file_hash: file_hash.clone(),
+        node: node.id(),
+        only_if_unreferenced: false,
+    };
+    if let Err(e) = node.write(cmd).await {
+        // Still registered: the registry must agree before the file goes, so it
+        // stays for the next check.
+        tracing::warn!(error = %e, "could not unregister a corrupt copy; will retry");
+        return;
     }
     if let Err(e) = drop_local_copy(s, file_hash) {
         tracing::warn!(error = %e, "removing a corrupt blob failed");
@@ -672,7 +627,7 @@ pub async fn quarantine(s: &Shared, file_hash: &Hash) {
 /// file hash digest), and sets aside any that fail. Returns the new cursor (None after
 /// the last blob: the next pass starts over).
 pub async fn scrub_step(s: &Shared, cursor: Option<Vec<u8>>, budget: u64) -> Option<Vec<u8>> {
-    let node = s.catalog.node()?.clone();
+    let node = s.catalog.node().clone();
     let me = node.id();
     let after = cursor.clone();
     let mut total = 0u64;
@@ -736,9 +691,7 @@ pub async fn repair_loop(s: Shared, c: ClusterConfig) {
 /// One pass: fetch every under-replicated blob this node lacks. Returns how many it
 /// fetched.
 pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
-    let Some(node) = s.catalog.node().cloned() else {
-        return Ok(0);
-    };
+    let node = s.catalog.node().clone();
     let me = node.id();
     let members = node.members();
     if !members.iter().any(|m| m.node_id == me) {
@@ -770,11 +723,4 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(fetched)
-}
-
-/// Whether a node is part of this catalog's cluster (for handlers that need one).
-pub fn node_of(s: &AppState) -> Result<&Arc<Node>, ServerError> {
-    s.catalog
-        .node()
-        .ok_or(ServerError::BadRequest("this cache is not a cluster node"))
 }

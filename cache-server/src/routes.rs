@@ -81,8 +81,9 @@ impl App {
         let start = Instant::now();
         let resp = match narinfo(s, hash) {
             Ok(r) => r,
-            // A cluster node confirms a miss with the leader first: the router does that.
-            Err(ServerError::NotFound) if s.catalog.node().is_none() => {
+            // A node with peers confirms a miss with the leader first: the router does
+            // that.
+            Err(ServerError::NotFound) if s.catalog.misses_are_final() => {
                 ServerError::NotFound.into_response()
             }
             Err(_) => return None,
@@ -242,9 +243,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
         c.signatures_made.load(std::sync::atomic::Ordering::Relaxed),
         c.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
     ));
-    if let Some(node) = s.catalog.node() {
-        text.push_str(&s.metrics.render_cluster(node));
-    }
+    text.push_str(&s.metrics.render_cluster(s.catalog.node()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -257,7 +256,7 @@ async fn by_hash(
     s.auth.check(&s.catalog, &headers, Scope::Read)?;
     if let Some(hash) = file.strip_suffix(".narinfo") {
         match narinfo(&s, hash) {
-            Err(ServerError::NotFound) if s.catalog.node().is_some() => {
+            Err(ServerError::NotFound) if !s.catalog.misses_are_final() => {
                 confirmed_miss(&s, hash).await
             }
             r => r,
@@ -288,7 +287,7 @@ enum Found {
     Local(PathInfo),
 }
 
-/// A cluster node's miss: this node may lag the leader (a follower, a node that just
+/// A miss on a node with peers: this node may lag the leader (a follower, a node that just
 /// restarted), and a 404 is remembered by clients for an hour. So it waits until it has
 /// applied what the leader had committed (one round shared by concurrent misses) and
 /// looks again. Without a reachable leader (a minority partition) it answers from what
@@ -296,7 +295,7 @@ enum Found {
 const MISS_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn confirmed_miss(s: &Shared, hash: &str) -> Result<Response, ServerError> {
-    let node = s.catalog.node().expect("called on cluster nodes");
+    let node = s.catalog.node();
     if let Err(e) = node.read_barrier(MISS_BARRIER_TIMEOUT).await {
         tracing::debug!(error = %e, "narinfo miss not confirmed with the leader");
         return Err(ServerError::NotFound);
@@ -354,13 +353,9 @@ fn narinfo(s: &AppState, hash: &str) -> Result<Response, ServerError> {
         Some(Some(g)) => Some((s.catalog.generation(), g)),
         Some(None) => None,
     };
-    // Served: GC's idleness rule counts from here (cluster nodes; paths of the local
-    // Nix store are noted too, and skipped when the notes are written).
-    let served = |s: &AppState| {
-        if s.catalog.node().is_some() {
-            s.access.note(hash);
-        }
-    };
+    // Served: GC's idleness rule counts from here (paths of the local Nix store are
+    // noted too, and skipped when the notes are written).
+    let served = |s: &AppState| s.access.note(hash);
     if let Some(body) = generation.and_then(|g| s.narinfos.get(hash, g)) {
         served(s);
         return Ok(narinfo_response(body));

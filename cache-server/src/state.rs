@@ -20,7 +20,7 @@ pub struct AppState {
     pub store: Option<store::LocalStore>,
     /// Cairn's own cache store: blobs on disk, records in redb.
     pub blobs: store::blobs::BlobStore,
-    /// Path, blob and token records: the cache database, or a cluster node's state.
+    /// Path, blob and token records: this node's replicated state.
     pub catalog: crate::catalog::Catalog,
     pub auth: Auth,
     /// Keys whose signatures on uploaded narinfos are kept.
@@ -32,7 +32,7 @@ pub struct AppState {
     pub encoders: Arc<Semaphore>,
     pub variants: Arc<VariantCache>,
     pub narinfos: NarinfoCache,
-    /// Paths served since their access was last recorded (cluster nodes; see [`crate::gc`]).
+    /// Paths served since their access was last recorded (see [`crate::gc`]).
     pub access: crate::gc::AccessLog,
     /// Upload sessions in progress (docs/api.md).
     pub sessions: crate::sessions::Sessions,
@@ -73,21 +73,18 @@ pub enum StartError {
     Token(#[from] TokenFileError),
     #[error("trusted_public_keys: {0}")]
     TrustedKey(signer::KeyError),
+    #[error("cluster node: {0}")]
+    Node(String),
 }
 
 impl AppState {
-    /// Opens the stores, the variant cache and the token files of a standalone cache.
+    /// Opens the stores, the variant cache and the token files around `node` (started
+    /// by [`crate::raft_node::start`]), whose replicated state holds the records.
     /// `keyring` is built by the caller, which knows whether to generate a default key.
-    pub fn new(config: Config, keyring: signer::Signer) -> Result<Arc<Self>, StartError> {
-        Self::with_node(config, keyring, None)
-    }
-
-    /// [`AppState::new`] for a cluster node when `node` is given: its records come from
-    /// the node's replicated state instead of `cache.redb`.
     pub fn with_node(
         config: Config,
         keyring: signer::Signer,
-        node: Option<Arc<cluster::Node>>,
+        node: Arc<cluster::Node>,
     ) -> Result<Arc<Self>, StartError> {
         let local = store::LocalStoreConfig {
             store_dir: nix_formats::StoreDir::new(&config.store_dir)
@@ -114,18 +111,7 @@ impl AppState {
                     source,
                 }
             })?;
-        let catalog = match node {
-            Some(node) => crate::catalog::Catalog::Cluster(node),
-            None => {
-                let db_path = config.data_dir.join("cache.redb");
-                let db =
-                    store::meta::CacheDb::open(&db_path).map_err(|source| StartError::Meta {
-                        path: db_path.display().to_string(),
-                        source,
-                    })?;
-                crate::catalog::Catalog::Local(db)
-            }
-        };
+        let catalog = crate::catalog::Catalog::new(node);
         let vdir = config.data_dir.join("variants");
         let variants = VariantCache::open(
             &vdir,

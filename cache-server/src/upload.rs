@@ -283,9 +283,6 @@ fn verify_narinfo(s: &AppState, hash: &str, text: &str) -> Result<PathRecord, Se
     let blob = s
         .catalog
         .get_blob(&file_hash)?
-        // A cluster node checks the registered holders instead: the NAR may
-        // have gone up through another node.
-        .filter(|_| s.catalog.node().is_some() || s.blobs.contains(&file_hash))
         .ok_or_else(|| reject("the NAR this narinfo names has not been uploaded"))?;
     if ni.file_hash.as_ref().is_some_and(|h| *h != blob.file_hash)
         || ni.file_size.is_some_and(|n| n != blob.file_size)

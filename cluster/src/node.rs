@@ -76,6 +76,9 @@ pub enum NodeError {
     OrphanRaftState { dir: String },
     #[error("raft: {0}")]
     Raft(String),
+    /// Started as a cluster of one over the state of a larger cluster.
+    #[error("{dir} holds the Raft state of a cluster with nodes {members:?}, but this node was started without its [cluster] section; give it back")]
+    NotAlone { dir: String, members: Vec<NodeId> },
 }
 
 /// Why a write (or a read barrier) did not happen.
@@ -299,6 +302,80 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
+    /// Runs this node as a cluster of one: creates the identity and makes this node
+    /// the only voter on first start, and on every start takes the lead at once rather
+    /// than after an election timeout. Returns once it leads, or fails after `timeout`,
+    /// or at once when its stored membership names other nodes (it has peers it could
+    /// not reach without its cluster listener).
+    pub async fn lead_alone(&self, timeout: Duration) -> Result<(), NodeError> {
+        let me = self.config.node_id;
+        let raft_err = |e: &dyn std::fmt::Display| NodeError::Raft(e.to_string());
+        if self.identity().is_none() {
+            self.init_identity()?;
+            let members = BTreeMap::from([(
+                me,
+                ClusterNode {
+                    addr: self.config.advertise.clone(),
+                },
+            )]);
+            self.initialize(members).await?;
+        }
+        // The stored membership shows in the metrics once Raft has loaded it.
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.membership_config.voter_ids().next().is_some(),
+                "the stored membership",
+            )
+            .await
+            .map_err(|e| raft_err(&e))?;
+        let members: Vec<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
+        if members != [me] {
+            return Err(NodeError::NotAlone {
+                dir: self.config.dir.display().to_string(),
+                members,
+            });
+        }
+        if m.current_leader != Some(me) {
+            self.raft
+                .trigger()
+                .elect(false)
+                .await
+                .map_err(|e| raft_err(&e))?;
+        }
+        self.raft
+            .wait(Some(timeout))
+            .current_leader(me, "leading alone")
+            .await
+            .map_err(|e| raft_err(&e))?;
+        Ok(())
+    }
+
+    /// When this node leads and the membership records another address for it than
+    /// the one it now advertises (a cluster of one given a cluster listener, a node
+    /// moved to a new address), records the new one, so peers and forwarded writes
+    /// find it.
+    pub async fn refresh_own_addr(&self) -> Result<(), WriteError> {
+        let me = self.config.node_id;
+        let advertised = &self.config.advertise;
+        if !self.is_leader() || self.addr_of(me).as_ref() == Some(advertised) {
+            return Ok(());
+        }
+        let nodes = BTreeMap::from([(
+            me,
+            ClusterNode {
+                addr: advertised.clone(),
+            },
+        )]);
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(nodes), false)
+            .await
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        tracing::info!(node = me, addr = %advertised, "recorded this node's new cluster address");
+        Ok(())
+    }
+
     /// The members of the membership in force (voters first), as this node knows it.
     pub fn members(&self) -> Vec<Member> {
         let m = self
@@ -318,6 +395,14 @@ impl Node {
             .collect();
         out.sort_by_key(|m| (!m.voter, m.node_id));
         out
+    }
+
+    /// Whether this node is the only voter of its cluster (a cluster of one).
+    pub fn is_sole_voter(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mut voters = m.membership_config.voter_ids();
+        voters.next() == Some(self.config.node_id) && voters.next().is_none()
     }
 
     /// The address of member `id`.

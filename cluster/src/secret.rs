@@ -76,6 +76,11 @@ impl ClusterSecret {
         Ok(Self::new(text))
     }
 
+    /// A fresh random secret, for a cluster of one that has no peers to share one with.
+    pub fn random() -> Self {
+        Self::new(&format!("{:032x}", rand::random::<u128>()))
+    }
+
     /// A secret from its text (tests, and the file reader above).
     pub fn new(text: &str) -> Self {
         ClusterSecret {

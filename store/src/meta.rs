@@ -362,6 +362,26 @@ impl CacheDb {
         Ok((count, bytes))
     }
 
+    /// Every blob record, in file hash order.
+    pub fn blobs(&self) -> Result<Vec<BlobRecord>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in tx.open_table(BLOBS)?.iter()? {
+            out.push(decode::<BlobRecord>("blob", entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every path record, in hash part order.
+    pub fn paths(&self) -> Result<Vec<PathRecord>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in tx.open_table(PATHS)?.iter()? {
+            out.push(decode::<PathRecord>("path", entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn path_count(&self) -> Result<u64, MetaError> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(PATHS)?.len()?)

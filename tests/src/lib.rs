@@ -63,7 +63,11 @@ impl Server {
             .build()
             .expect("runtime");
         let (keyring, _) = cache_server::keys::load_keyring(&config).expect("keys");
-        let state = AppState::new(config, keyring).expect("state");
+        let node = runtime
+            .block_on(cache_server::raft_node::start(&config))
+            .expect("raft node")
+            .node;
+        let state = AppState::with_node(config, keyring, node).expect("state");
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");

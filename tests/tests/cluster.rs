@@ -683,3 +683,88 @@ fn gc_keeps_pinned_closures_deletes_the_rest_everywhere_and_a_deleted_path_can_c
         "{v}"
     );
 }
+
+#[test]
+fn the_embedded_default_is_a_cluster_of_one_with_gc_and_grows_into_a_cluster() {
+    let _g = serial();
+    let nix = Nix::new();
+    // A chain a2 → a1 → a0.
+    let a = nix.build_fixtures(&testkit::salt(), 3);
+    // Node 1 without a [cluster] section, as `cairnd` runs out of the box; node 2 a
+    // fresh node waiting to be added.
+    let mut c = TestCluster::spawn(Options {
+        nodes: 2,
+        voters: Some(1),
+        orphan_grace_secs: 2,
+        solo_first: true,
+        ..Options::default()
+    });
+    copy_ok(&c, &nix, 1, &a);
+    let v: serde_json::Value =
+        serde_json::from_str(&cachectl_ok(&c, 1, &["status", "--json"])).unwrap();
+    assert_eq!(
+        (&v["leader"], &v["voters"], &v["nodes"][0]["role"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!([1]),
+            &serde_json::json!("leader")
+        ),
+        "{v}"
+    );
+    assert_eq!(status(&c, 1).0, 0, "healthy: {}", status(&c, 1).1);
+
+    // Pins, retention and GC, as on a cluster.
+    cachectl_ok(&c, 1, &["pin", "add", &a[1], "--reason", "release"]);
+    cachectl_ok(&c, 1, &["retention", "set", "--max-age", "0"]);
+    wait_for(Duration::from_secs(10), "a plan with one victim", || {
+        let dry: serde_json::Value =
+            serde_json::from_str(&cachectl_ok(&c, 1, &["gc", "--dry-run", "--json"])).unwrap();
+        dry["planned"] == 1 && dry["victims"][0] == hash_part(&a[2])
+    });
+    let text = cachectl_ok(&c, 1, &["gc"]);
+    assert!(text.contains("deleted 1 of 3 paths"), "{text}");
+    let kept = blob_name(&c, 1, &a[0]);
+    let kept_files = c.blob_files(1).len();
+    assert_eq!(narinfo_status(&c, 1, &a[2]), 404);
+    wait_for(
+        Duration::from_secs(30),
+        "the deleted path's blob to go",
+        || c.blob_files(1).len() == kept_files - 1,
+    );
+    assert!(
+        c.has_good_copy(1, &kept),
+        "the pinned closure keeps its blobs"
+    );
+
+    // A restart keeps every record and takes uploads at once (no election to wait for).
+    c.kill(1);
+    c.restart(1);
+    assert_eq!(narinfo_status(&c, 1, &a[0]), 200);
+    assert_eq!(narinfo_status(&c, 1, &a[2]), 404);
+    let b = nix.build_fixtures(&testkit::salt(), 1);
+    copy_ok(&c, &nix, 1, &b);
+    let kept: Vec<String> = [&a[..2], &b[..]].concat();
+    check_invariants(&c, &[1], &kept);
+
+    // Grown: given a [cluster] section and restarted, it adds node 2, which gets
+    // every path and copy, and both serve them.
+    c.give_cluster_section(1);
+    c.kill(1);
+    c.restart(1);
+    c.wait_leader(&[1], Duration::from_secs(20));
+    let addr = c.node(2).cluster.clone();
+    cachectl_ok(&c, 1, &["cluster", "add", "2", &addr]);
+    wait_caught_up(&c, 2, &kept, Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "node 2 to hold every blob", || {
+        c.blob_files(2).len() == kept.len()
+    });
+    let v: serde_json::Value =
+        serde_json::from_str(&cachectl_ok(&c, 2, &["status", "--json"])).unwrap();
+    assert_eq!(v["voters"], serde_json::json!([1, 2]), "{v}");
+    check_invariants(&c, &[1, 2], &kept);
+    // Writes through the new node reach the old one.
+    let d = nix.build_fixtures(&testkit::salt(), 1);
+    copy_ok(&c, &nix, 2, &d);
+    wait_caught_up(&c, 1, &d, Duration::from_secs(10));
+    check_invariants(&c, &[1, 2], &d);
+}

@@ -662,3 +662,97 @@ fn a_stored_blob_is_served_whole_and_never_after_it_changed() {
     );
     assert!(!stored.exists());
 }
+
+#[test]
+fn a_standalone_cache_of_an_earlier_cairn_is_taken_into_the_cluster_of_one() {
+    use store::blobs::{BlobStore, Compression};
+    use store::meta::{BlobRecord, CacheDb, PathRecord, Scope, TokenRecord};
+    let nix = Nix::new();
+    // A chain: paths[1] references paths[0].
+    let paths = nix.build_fixtures(&testkit::salt(), 2);
+    let data = tempfile::tempdir().unwrap();
+    // What an earlier cairnd kept: blob files under cache/blobs, records in cache.redb.
+    {
+        let blobs = BlobStore::open(&data.path().join("cache"), 0).unwrap();
+        let db = CacheDb::open(&data.path().join("cache.redb")).unwrap();
+        let dep = nar_of(&nix, &paths[0]);
+        let top = nar_of(&nix, &paths[1]);
+        let dep_base = Path::new(&dep.path).file_name().unwrap().to_str().unwrap();
+        for (n, refs) in [(&dep, String::new()), (&top, dep_base.to_string())] {
+            let got = blobs
+                .ingest(&n.zst[..], Compression::Zstd, Some(&n.file_hash), u64::MAX)
+                .unwrap();
+            db.put_blob(&BlobRecord {
+                file_hash: got.file_hash.clone(),
+                file_size: got.file_size,
+                compression: got.compression,
+                nar_hash: got.nar_hash,
+                nar_size: got.nar_size,
+                created: 1_700_000_000,
+            })
+            .unwrap();
+            let ni = NarInfo::parse(&narinfo_for(n, &refs)).unwrap();
+            db.put_path(&PathRecord {
+                store_path: ni.store_path,
+                url_file_hash: got.file_hash,
+                nar_hash: ni.nar_hash,
+                nar_size: ni.nar_size,
+                references: ni.references,
+                deriver: None,
+                system: None,
+                sigs: Vec::new(),
+                ca: None,
+                registered: 1_700_000_000,
+            })
+            .unwrap();
+        }
+        db.put_token(&TokenRecord {
+            id: "t_old".into(),
+            name: "old ci".into(),
+            secret_hash: Hash::sha256_of(PUSH.as_bytes())
+                .digest()
+                .try_into()
+                .unwrap(),
+            scopes: vec![Scope::Push],
+            expires: None,
+            created: 1_700_000_000,
+            revoked: false,
+        })
+        .unwrap();
+    }
+    let key = TestKey::new("cairn-upload-1");
+    let server = Server::start(FileConfig {
+        data_dir: Some(data.path().to_path_buf()),
+        serve_local_store: Some(false),
+        sign_key_paths: vec![key.secret_file.clone()],
+        ..Default::default()
+    });
+    let u = server.url();
+    assert!(!data.path().join("cache.redb").exists());
+    assert!(data.path().join("cache.redb.imported").is_file());
+    assert_eq!(server.state.catalog.path_count().unwrap(), 2);
+    // The token still pushes (a bad narinfo gets past authentication to a 400); a token
+    // the old cache did not know is refused.
+    let url = format!("{u}/{}.narinfo", hash_part(&paths[0]));
+    let (st, body) = put(&url, Some(PUSH), b"junk".to_vec(), &[]);
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(put(&url, Some(READ), b"junk".to_vec(), &[]).0, 401);
+    // Every path substitutes into a fresh store, signed, with its references.
+    let (dest, got) = cairn_tests::substitute(&u, &key.public, &paths[1]);
+    assert_eq!(got.as_array().unwrap().len(), 2, "{got}");
+    assert!(dest.real(&paths[1]).exists());
+    // A second start finds nothing more to import and keeps the records.
+    let data_dir = data.path().to_path_buf();
+    drop(server);
+    let again = Server::start(FileConfig {
+        data_dir: Some(data_dir),
+        serve_local_store: Some(false),
+        no_signing: Some(true),
+        ..Default::default()
+    });
+    assert_eq!(again.state.catalog.path_count().unwrap(), 2);
+    assert_eq!(
+        http_status(&format!("{}/{}.narinfo", again.url(), hash_part(&paths[0]))),
+        200
+    );
+}

@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand};
 
 /// Cairn's binary cache server: serves the local Nix store (narinfo, NARs, listings,
 /// logs) to Nix clients, signing and compressing on the fly, and takes uploads into its
-/// own store. With a [cluster] section (or --cluster-* flags) it is one node of a
-/// Raft-replicated cluster; form the cluster with `cachectl cluster init`.
+/// own store. Its records are kept through Raft: without a [cluster] section it is a
+/// cluster of one; with one (or --cluster-* flags) it is one node of a replicated
+/// cluster, formed with `cachectl cluster init`.
 ///
 /// With no flags and no config file it listens on [::]:5000, serves /nix/store, keeps its
 /// data in ./cairn-data and signs with a key it generates there on first start. A
@@ -131,10 +132,12 @@ struct ServeArgs {
     /// Serve the local Nix store too. [default: when its database exists]
     #[arg(long)]
     serve_local_store: Option<bool>,
-    /// Run as node ID of a cluster ([cluster] node_id).
+    /// This node's id in its cluster ([cluster] node_id); required with
+    /// --cluster-listen. [default: 1, a cluster of one]
     #[arg(long)]
     cluster_node_id: Option<u64>,
     /// The cluster listener, host:port on the cluster network ([cluster] listen).
+    /// Without it the cache is a cluster of one.
     #[arg(long)]
     cluster_listen: Option<String>,
     /// How peers reach the cluster listener. [default: --cluster-listen]
@@ -355,36 +358,26 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let rate = config.max_connection_rate;
-        let cluster = match &config.cluster {
-            Some(c) => Some(start_node(&config, c).await?),
-            None => None,
-        };
-        let state = cache_server::AppState::with_node(
-            config,
-            keyring,
-            cluster.as_ref().map(|(node, _)| node.clone()),
-        )?;
-        if let Some((node, listener)) = cluster {
+        let started = cache_server::raft_node::start(&config).await?;
+        let node = started.node;
+        let state = cache_server::AppState::with_node(config, keyring, node.clone())?;
+        if let Some(listener) = started.listener {
             let internal = cache_server::internal::router(state.clone());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, internal).await {
                     tracing::error!(error = %e, "the cluster listener failed");
                 }
             });
-            let c = state
-                .config
-                .cluster
-                .clone()
-                .expect("a node has a [cluster] config");
-            let gc_every = Duration::from_secs(c.gc_interval_secs);
-            tokio::spawn(cache_server::replication::repair_loop(state.clone(), c));
-            tokio::spawn(cache_server::gc::gc_loop(
-                state.clone(),
-                node.clone(),
-                gc_every,
-            ));
-            tokio::spawn(count_leader_changes(node, state.metrics.clone()));
         }
+        let c = state.config.cluster.clone();
+        let gc_every = Duration::from_secs(c.gc_interval_secs);
+        tokio::spawn(cache_server::replication::repair_loop(state.clone(), c));
+        tokio::spawn(cache_server::gc::gc_loop(
+            state.clone(),
+            node.clone(),
+            gc_every,
+        ));
+        tokio::spawn(count_leader_changes(node, state.metrics.clone()));
         tracing::info!(store = %state.config.store_dir, "serving");
         // Upload sessions nobody touched for a day go with their bytes, also when no
         // new upload comes along to notice.
@@ -407,36 +400,6 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await;
         Ok(())
     })
-}
-
-/// Opens this node's Raft storage and starts Raft, and binds the cluster listener.
-async fn start_node(
-    config: &Config,
-    c: &cache_server::config::ClusterConfig,
-) -> anyhow::Result<(std::sync::Arc<cluster::Node>, tokio::net::TcpListener)> {
-    let secret = cluster::ClusterSecret::from_file(&c.secret_file)?;
-    let mut nc = cluster::NodeConfig::new(
-        c.node_id,
-        &config.data_dir.join("raft"),
-        c.advertise.clone(),
-        secret,
-    );
-    nc.heartbeat_ms = c.heartbeat_ms;
-    nc.election_timeout_ms = c.election_timeout_ms;
-    nc.snapshot_logs = c.snapshot_logs;
-    let node = cluster::Node::start(nc).await?;
-    let listener = tokio::net::TcpListener::bind(&c.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the cluster listener {}: {e}", c.listen))?;
-    match node.identity() {
-        Some(id) => {
-            tracing::info!(cluster = %id.cluster_id, node = c.node_id, listen = %c.listen, "cluster node started")
-        }
-        None => {
-            tracing::warn!(node = c.node_id, listen = %c.listen, "this node belongs to no cluster yet: run cachectl cluster init on one node, or add this one from the leader")
-        }
-    }
-    Ok((node, listener))
 }
 
 /// Counts leader changes for /metrics.
