@@ -165,6 +165,19 @@ pub struct GcVictim {
     pub stamp: u64,
 }
 
+impl Command {
+    /// The hash part of the path this command records, if it records one.
+    pub fn path_hash_part(&self) -> Option<String> {
+        match self {
+            Command::PutPath { path, .. }
+            | Command::CommitUpload {
+                path: Some(path), ..
+            } => Some(path.store_path.hash_part()),
+            _ => None,
+        }
+    }
+}
+
 /// A short summary for logs: names what changes, never a secret.
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -29,7 +29,7 @@ use redb::{
     Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableMultimapTable,
     ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
-use store::meta::{BlobRecord, PathRecord, TokenRecord};
+use store::meta::{BlobRecord, PathFilter, PathRecord, TokenRecord};
 
 use crate::command::{
     Applied, BlobEntry, Command, GcVictim, NodeId, PinRecord, Rejection, Response,
@@ -616,27 +616,43 @@ pub(crate) fn for_each_record(
 ///
 /// `generation` moves after every committed change (an applied batch, an installed
 /// snapshot): caches of rendered narinfos key on it.
+///
+/// `known` holds a fingerprint of every path's hash part, noted before the path is
+/// committed and never dropped (a deleted path's only costs a read), so most misses
+/// are answered without a read transaction.
 #[derive(Clone)]
 pub(crate) struct SharedDb {
     db: Arc<RwLock<Arc<Database>>>,
     generation: Arc<AtomicU64>,
+    known: Arc<PathFilter>,
 }
 
 impl SharedDb {
-    pub(crate) fn new(db: Database) -> Self {
-        SharedDb {
+    pub(crate) fn new(db: Database) -> Result<Self, RaftStoreError> {
+        let known = PathFilter::default();
+        known.note_all::<RaftStoreError>(&db.begin_read()?, PATHS)?;
+        Ok(SharedDb {
             db: Arc::new(RwLock::new(Arc::new(db))),
             generation: Arc::new(AtomicU64::new(1)),
-        }
+            known: Arc::new(known),
+        })
     }
 
     pub(crate) fn current(&self) -> Arc<Database> {
         self.db.read().clone()
     }
 
-    pub(crate) fn replace(&self, db: Database) {
+    /// Swaps in an installed snapshot's database, its paths noted first.
+    pub(crate) fn replace(&self, db: Database) -> Result<(), RaftStoreError> {
+        self.known
+            .note_all::<RaftStoreError>(&db.begin_read()?, PATHS)?;
         *self.db.write() = Arc::new(db);
         self.bump();
+        Ok(())
+    }
+
+    pub(crate) fn known(&self) -> &PathFilter {
+        &self.known
     }
 
     /// Called after a change is committed.
@@ -679,6 +695,9 @@ impl ClusterState {
 
     /// The path whose store path has this hash part.
     pub fn path(&self, hash_part: &str) -> Result<Option<PathRecord>, RaftStoreError> {
+        if !self.db.known().may_have(hash_part) {
+            return Ok(None);
+        }
         let tx = self.read()?;
         let table = tx.open_table(PATHS)?;
         let Some(v) = table.get(hash_part)? else {
@@ -694,7 +713,7 @@ impl ClusterState {
         let table = tx.open_table(PATHS)?;
         let mut out = Vec::new();
         for &h in hash_parts {
-            if table.get(h)?.is_none() {
+            if !self.db.known().may_have(h) || table.get(h)?.is_none() {
                 out.push(h.to_string());
             }
         }

@@ -181,11 +181,42 @@ pub struct CacheDb {
     /// Moves after every committed write: what was read under one value stays true
     /// while it stays the same.
     generation: std::sync::atomic::AtomicU64,
-    /// A fingerprint of every recorded path's hash part, so that a lookup of a path
-    /// that is not here (most narinfo misses) is answered from memory, without a read
-    /// transaction. Exact for absence; a present fingerprint still reads the record.
-    /// About 16 bytes per path.
+    known: PathFilter,
+}
+
+/// A fingerprint of every recorded path's hash part, so that a lookup of a path that
+/// is not recorded (most narinfo misses) is answered from memory, without a read
+/// transaction. Exact for absence; a present fingerprint still reads the record (and a
+/// fingerprint may outlive its path: that only costs the read). About 16 bytes per path.
+#[derive(Default)]
+pub struct PathFilter {
     known: parking_lot::RwLock<std::collections::HashSet<u64>>,
+}
+
+impl PathFilter {
+    /// False when no path with this hash part was noted; true when one may be recorded.
+    pub fn may_have(&self, hash_part: &str) -> bool {
+        self.known.read().contains(&fingerprint(hash_part))
+    }
+
+    /// Call before a path record is committed: a reader that sees the fingerprint
+    /// before the commit only does a lookup that finds nothing yet.
+    pub fn note(&self, hash_part: &str) {
+        self.known.write().insert(fingerprint(hash_part));
+    }
+
+    /// Notes every key of a `paths` table (`&str` hash parts).
+    pub fn note_all<E: From<redb::TableError> + From<redb::StorageError>>(
+        &self,
+        tx: &redb::ReadTransaction,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<(), E> {
+        let mut known = self.known.write();
+        for entry in tx.open_table(table)?.iter()? {
+            known.insert(fingerprint(entry?.0.value()));
+        }
+        Ok(())
+    }
 }
 
 /// 64 bits folded from a hash part (already uniformly random text).
@@ -232,31 +263,21 @@ impl CacheDb {
             tx.open_table(TOKEN_IDS)?;
         }
         tx.commit()?;
-        let mut known = std::collections::HashSet::new();
-        {
-            let tx = db.begin_read()?;
-            for entry in tx.open_table(PATHS)?.iter()? {
-                let (key, _) = entry?;
-                known.insert(fingerprint(key.value()));
-            }
-        }
+        let known = PathFilter::default();
+        known.note_all::<MetaError>(&db.begin_read()?, PATHS)?;
         Ok(CacheDb {
             db,
             generation: std::sync::atomic::AtomicU64::new(0),
-            known: parking_lot::RwLock::new(known),
+            known,
         })
     }
 
-    /// False when no path with this hash part is recorded (no disk read); true when
-    /// one may be.
     fn may_have(&self, hash_part: &str) -> bool {
-        self.known.read().contains(&fingerprint(hash_part))
+        self.known.may_have(hash_part)
     }
 
-    /// Called before a path record is written: a reader that sees the fingerprint
-    /// before the commit only does a lookup that finds nothing yet.
     fn note_path(&self, hash_part: &str) {
-        self.known.write().insert(fingerprint(hash_part));
+        self.known.note(hash_part);
     }
 
     /// A number that changes after every write this database commits. Read it before

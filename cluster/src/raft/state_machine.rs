@@ -92,7 +92,7 @@ impl StateMachineStore {
         state::prepare(&db)?;
         Ok(StateMachineStore {
             dir: dir.to_path_buf(),
-            db: SharedDb::new(db),
+            db: SharedDb::new(db)?,
             rule,
             snapshot_lock: Arc::new(Mutex::new(())),
             last_durable: std::time::Instant::now(),
@@ -168,12 +168,12 @@ fn put_meta(
 
 /// Applies `entries` in one transaction (fsynced when `durable`); one response per entry.
 fn apply_batch(
-    db: &Database,
+    db: &SharedDb,
     rule: HolderRule,
     entries: &[Entry],
     durable: bool,
 ) -> Result<Vec<Response>, RaftStoreError> {
-    let mut tx = db.begin_write()?;
+    let mut tx = db.current().begin_write()?;
     if !durable {
         tx.set_durability(Durability::None)?;
     }
@@ -184,6 +184,9 @@ fn apply_batch(
         let response = match &entry.payload {
             EntryPayload::Blank => Ok(Applied::Nothing),
             EntryPayload::Normal(cmd) => {
+                if let Some(hash_part) = cmd.path_hash_part() {
+                    db.known().note(&hash_part);
+                }
                 state::apply_command(&tx, cmd, entry.log_id.index, rule.required(voters))?
             }
             EntryPayload::Membership(m) => {
@@ -311,7 +314,7 @@ fn install(
     fs::rename(install_path.path(), dir.join(STATE_FILE))?;
     install_path.keep();
     sync_dir(dir)?;
-    shared.replace(fresh);
+    shared.replace(fresh)?;
     info!(last_log_id = ?meta.last_log_id, "installed raft snapshot");
     Ok(())
 }
@@ -376,7 +379,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         if !batch.is_empty() {
-            let db = self.db.current();
+            let db = self.db.clone();
             let rule = self.rule;
             let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
             if durable {

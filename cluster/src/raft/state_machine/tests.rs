@@ -123,7 +123,7 @@ fn open(dir: &Path, rule: HolderRule) -> StateMachineStore {
 }
 
 fn apply(sm: &StateMachineStore, entries: &[Entry]) -> Vec<Response> {
-    apply_batch(&sm.db.current(), sm.rule, entries, true).expect("apply")
+    apply_batch(&sm.db, sm.rule, entries, true).expect("apply")
 }
 
 /// Every record of the state, as JSON lines, in table and key order.
