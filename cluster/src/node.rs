@@ -134,6 +134,10 @@ pub struct Node {
     /// started share its result (misses are confirmed in batches).
     barrier: tokio::sync::Mutex<Option<Instant>>,
     started: Instant,
+    /// Whether this node is its cluster's only voter, kept current from the server
+    /// metrics (which change with the role and the membership, not with every entry):
+    /// asked on every narinfo miss.
+    sole_voter: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Node {
@@ -205,6 +209,21 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let sole_voter = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, me, mut watch) = (sole_voter.clone(), config.node_id, raft.server_metrics());
+        tokio::spawn(async move {
+            loop {
+                let sole = {
+                    let m = watch.borrow_watched();
+                    let mut voters = m.membership_config.voter_ids();
+                    voters.next() == Some(me) && voters.next().is_none()
+                };
+                flag.store(sole, std::sync::atomic::Ordering::Release);
+                if watch.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
         Ok(Arc::new(Node {
             config,
             raft,
@@ -212,6 +231,7 @@ impl Node {
             wire,
             identity: RwLock::new(identity),
             barrier: tokio::sync::Mutex::new(None),
+            sole_voter,
             started: Instant::now(),
         }))
     }
@@ -399,10 +419,7 @@ impl Node {
 
     /// Whether this node is the only voter of its cluster (a cluster of one).
     pub fn is_sole_voter(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        let mut voters = m.membership_config.voter_ids();
-        voters.next() == Some(self.config.node_id) && voters.next().is_none()
+        self.sole_voter.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The address of member `id`.
