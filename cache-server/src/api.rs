@@ -477,9 +477,7 @@ pub async fn cluster_add(
     let node = s.catalog.node().clone();
     // A cluster of one that was just given its listener may not have recorded its
     // address yet: the new node must find it before it can forward a write.
-    if let Err(e) = node.refresh_own_addr().await {
-        return Err(write_error(e));
-    }
+    node.refresh_own_addr().await.map_err(write_error)?;
     node.change_membership(cluster::MembershipChange::Add {
         node_id: req.node_id,
         addr: req.addr,

@@ -1,7 +1,7 @@
 //! Rendered, signed narinfos, kept while the databases they came from are unchanged.
 //! A hit then costs a map lookup instead of a redb read, a SQLite query, a render and
 //! a signature-cache lookup. Entries carry the generations of both databases they were
-//! made under ([`store::meta::CacheDb::generation`], [`store::LocalStore::generation`]);
+//! made under ([`cluster::ClusterState::generation`], [`store::LocalStore::generation`]);
 //! one made under other generations is never served, so an upload, or a path Nix
 //! deletes or signs, is reflected by the very next request.
 

@@ -141,8 +141,7 @@ fn rejected(r: Rejection) -> ServerError {
 /// and registered with its holders. Fails with 503 when fewer nodes than a path needs
 /// hold a verified copy.
 pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError> {
-    let node = s.catalog.node().clone();
-    replicate(s, &node, rec, None).await?;
+    replicate(s, s.catalog.node(), rec, None).await?;
     failpoint("after-register");
     Ok(())
 }
@@ -343,8 +342,7 @@ pub async fn commit_blob_and_path(
     blob: &BlobRecord,
     path: &PathRecord,
 ) -> Result<(), ServerError> {
-    let node = s.catalog.node().clone();
-    replicate(s, &node, blob, Some(path)).await
+    replicate(s, s.catalog.node(), blob, Some(path)).await
 }
 
 /// Stores a token through Raft.

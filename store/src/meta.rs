@@ -1,5 +1,8 @@
 //! Cairn's cache records, in one redb file: blobs (what a stored file holds), paths (the
-//! narinfo of each uploaded store path) and tokens. Every write is one durable
+//! narinfo of each uploaded store path) and tokens. The record types are shared with
+//! the replicated state (`cluster`); the file itself (`cache.redb`) is how an earlier
+//! Cairn kept a single cache's records, which a cluster of one now imports at start.
+//! [`PathFilter`] serves both. Every write is one durable
 //! transaction (redb fsyncs on commit); every read is one read transaction, and the hot
 //! lookups (`get_path`, `get_blob`, `has_path`) decode straight from redb's page without
 //! copying.
@@ -383,24 +386,28 @@ impl CacheDb {
         Ok((count, bytes))
     }
 
-    /// Every blob record, in file hash order.
-    pub fn blobs(&self) -> Result<Vec<BlobRecord>, MetaError> {
+    /// Every record of `table`, decoded, in key order.
+    fn records<K: redb::Key + 'static, T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<K, &'static [u8]>,
+        what: &'static str,
+    ) -> Result<Vec<T>, MetaError> {
         let tx = self.db.begin_read()?;
         let mut out = Vec::new();
-        for entry in tx.open_table(BLOBS)?.iter()? {
-            out.push(decode::<BlobRecord>("blob", entry?.1.value())?);
+        for entry in tx.open_table(table)?.iter()? {
+            out.push(decode(what, entry?.1.value())?);
         }
         Ok(out)
     }
 
+    /// Every blob record, in file hash order.
+    pub fn blobs(&self) -> Result<Vec<BlobRecord>, MetaError> {
+        self.records(BLOBS, "blob")
+    }
+
     /// Every path record, in hash part order.
     pub fn paths(&self) -> Result<Vec<PathRecord>, MetaError> {
-        let tx = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for entry in tx.open_table(PATHS)?.iter()? {
-            out.push(decode::<PathRecord>("path", entry?.1.value())?);
-        }
-        Ok(out)
+        self.records(PATHS, "path")
     }
 
     pub fn path_count(&self) -> Result<u64, MetaError> {
@@ -445,13 +452,7 @@ impl CacheDb {
 
     /// Every token, oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, MetaError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(TOKENS)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (_, value) = entry?;
-            out.push(decode::<TokenRecord>("token", value.value())?);
-        }
+        let mut out: Vec<TokenRecord> = self.records(TOKENS, "token")?;
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(out)
     }
