@@ -119,8 +119,8 @@ pub struct FileConfig {
     /// Bytes of compressed NAR variants kept on disk under `data_dir`; 0 turns the
     /// variant cache off. Default 1 GiB.
     pub variant_cache_bytes: Option<u64>,
-    /// Of those, compressed variants up to 64 KiB are held in memory instead of in
-    /// files, up to this many bytes. Default 16 MiB.
+    /// Compressed variants up to 64 KiB are held in memory instead of in files, up to
+    /// this many bytes; the least recently used move to files past it. Default 8 MiB.
     pub variant_memory_bytes: Option<u64>,
     /// Rendered narinfos of local-store paths kept in memory while Nix's database is
     /// unchanged (about 0.6 KiB each); 0 turns this off. Default 8192.
@@ -473,7 +473,7 @@ impl Config {
             xz_level,
             max_encoders,
             variant_cache_bytes: file.variant_cache_bytes.unwrap_or(1 << 30),
-            variant_memory_bytes: file.variant_memory_bytes.unwrap_or(16 << 20),
+            variant_memory_bytes: file.variant_memory_bytes.unwrap_or(8 << 20),
             narinfo_cache_entries: file.narinfo_cache_entries.unwrap_or(8192),
             sign_key_paths,
             no_signing: file.no_signing.unwrap_or(false),

@@ -21,7 +21,7 @@ use crate::metrics::{Encoding, Metrics};
 use crate::variants::VariantWriter;
 
 /// Size of the chunks handed to hyper.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 /// Chunks in flight between producer and connection.
 const DEPTH: usize = 4;
 

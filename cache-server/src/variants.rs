@@ -6,7 +6,10 @@
 //! Small variants (most NARs are a few KiB) stay in memory: a file per entry would cost
 //! more in inode creation than compressing them did. Larger ones go to a temp file
 //! renamed into place under `data_dir/variants`. Each tier evicts its least recently
-//! used entries past its own budget.
+//! used entries past its own budget; a small variant pushed out of memory moves to a
+//! file rather than being lost, so a memory budget smaller than the hot set costs a file
+//! per entry that did not fit, not a second compression of every one of them (an LRU
+//! cycled through by a set larger than itself would otherwise miss on every entry).
 //!
 //! The files are a cache and are not fsynced; instead the directory is emptied at
 //! start, so a file torn by a crash can never be served.
@@ -34,9 +37,27 @@ pub struct VariantCache {
 struct Inner {
     files: LruCache<String, u64>,
     files_total: u64,
-    memory: LruCache<String, Bytes>,
+    memory: LruCache<String, Small>,
     memory_total: u64,
+    /// Variants being made, or moving from memory to a file.
     in_progress: HashSet<String>,
+}
+
+impl Inner {
+    fn put_small(&mut self, key: &str, bytes: Bytes, keep: bool) {
+        self.memory_total += bytes.len() as u64;
+        if let Some(old) = self.memory.put(key.to_string(), Small { bytes, keep }) {
+            self.memory_total -= old.bytes.len() as u64;
+        }
+    }
+}
+
+/// An entry of the memory tier.
+struct Small {
+    bytes: Bytes,
+    /// A variant made here, whose only copy this is: it moves to a file when memory
+    /// evicts it. A copy of a stored blob (`put_memory`) is simply dropped.
+    keep: bool,
 }
 
 /// A cached variant.
@@ -79,27 +100,29 @@ impl VariantCache {
     /// A cached variant, marking it recently used.
     pub fn get(&self, key: &str) -> Option<Variant> {
         let mut inner = self.inner.lock();
-        if let Some(bytes) = inner.memory.get(key) {
-            return Some(Variant::Memory(bytes.clone()));
+        if let Some(small) = inner.memory.get(key) {
+            return Some(Variant::Memory(small.bytes.clone()));
         }
         let len = *inner.files.get(key)?;
         Some(Variant::File(self.dir.join(key), len))
     }
 
-    /// Keeps small bytes (at most [`MEMORY_ENTRY_MAX`]) made elsewhere in the memory tier,
-    /// e.g. a small stored blob; `false` when they are too large or the cache is off.
-    pub fn put_memory(&self, key: &str, bytes: Bytes) -> bool {
+    /// Keeps a copy of small bytes (at most [`MEMORY_ENTRY_MAX`]) held elsewhere in the
+    /// memory tier, e.g. a small stored blob; `false` when they are too large or the
+    /// cache is off. Variants it pushes out of memory move to files on the blocking pool.
+    pub fn put_memory(self: &Arc<Self>, key: &str, bytes: Bytes) -> bool {
         if self.memory_max == 0 || bytes.len() > MEMORY_ENTRY_MAX {
             return false;
         }
-        {
-            let mut inner = self.inner.lock();
-            inner.memory_total += bytes.len() as u64;
-            if let Some(old) = inner.memory.put(key.to_string(), bytes) {
-                inner.memory_total -= old.len() as u64;
+        self.inner.lock().put_small(key, bytes, false);
+        let moving = self.evict();
+        if !moving.is_empty() {
+            let cache = Arc::clone(self);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || cache.move_to_files(moving))),
+                Err(_) => cache.move_to_files(moving),
             }
         }
-        self.evict();
         true
     }
 
@@ -109,8 +132,8 @@ impl VariantCache {
         if let Some(len) = inner.files.pop(key) {
             inner.files_total -= len;
         }
-        if let Some(bytes) = inner.memory.pop(key) {
-            inner.memory_total -= bytes.len() as u64;
+        if let Some(small) = inner.memory.pop(key) {
+            inner.memory_total -= small.bytes.len() as u64;
         }
     }
 
@@ -138,8 +161,12 @@ impl VariantCache {
         })
     }
 
-    fn evict(&self) {
+    /// Brings both tiers within their budgets. Returns the variants evicted from memory
+    /// that are to move to files, marked in progress meanwhile (so nobody starts making
+    /// them again or writes their temp file).
+    fn evict(&self) -> Vec<(String, Bytes)> {
         let mut victims = Vec::new();
+        let mut moving = Vec::new();
         {
             let mut inner = self.inner.lock();
             while inner.files_total > self.max_bytes {
@@ -153,7 +180,12 @@ impl VariantCache {
             }
             while inner.memory_total > self.memory_max {
                 match inner.memory.pop_lru() {
-                    Some((_, b)) => inner.memory_total -= b.len() as u64,
+                    Some((k, small)) => {
+                        inner.memory_total -= small.bytes.len() as u64;
+                        if small.keep && inner.in_progress.insert(k.clone()) {
+                            moving.push((k, small.bytes));
+                        }
+                    }
                     None => break,
                 }
             }
@@ -161,6 +193,33 @@ impl VariantCache {
         for k in victims {
             let _ = std::fs::remove_file(self.dir.join(k));
         }
+        moving
+    }
+
+    /// Writes variants evicted from memory to files (blocking I/O), then applies the
+    /// file budget they now count against.
+    fn move_to_files(&self, moving: Vec<(String, Bytes)>) {
+        for (key, bytes) in moving {
+            let tmp = self.tmp_path(&key);
+            let done = std::fs::write(&tmp, &bytes)
+                .and_then(|()| std::fs::rename(&tmp, self.dir.join(&key)));
+            let mut inner = self.inner.lock();
+            inner.in_progress.remove(&key);
+            match done {
+                Ok(()) => {
+                    inner.files_total += bytes.len() as u64;
+                    inner.files.put(key, bytes.len() as u64);
+                }
+                Err(e) => {
+                    drop(inner);
+                    tracing::warn!(error = %e, "could not move a compressed variant to a file");
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+        }
+        // Only files were added: this round moves nothing more.
+        let again = self.evict();
+        debug_assert!(again.is_empty());
     }
 
     /// Bytes held (files, memory).
@@ -218,9 +277,7 @@ impl VariantWriter {
         match self.file.take() {
             None => {
                 let bytes = Bytes::from(std::mem::take(&mut self.small));
-                let mut inner = cache.inner.lock();
-                inner.memory_total += bytes.len() as u64;
-                inner.memory.put(self.key.clone(), bytes);
+                cache.inner.lock().put_small(&self.key, bytes, true);
             }
             Some(file) => {
                 let tmp = cache.tmp_path(&self.key);
@@ -238,7 +295,11 @@ impl VariantWriter {
                 inner.files.put(self.key.clone(), self.len);
             }
         }
-        cache.evict();
+        // The writer's claim on its key ends first, so evicting this very variant can
+        // claim it again for the move to a file.
+        drop(self);
+        let moving = cache.evict();
+        cache.move_to_files(moving);
     }
 }
 
@@ -291,13 +352,42 @@ mod tests {
         let mut w = cache.begin("b").unwrap();
         w.write_all(b"12345").unwrap();
         w.commit();
-        // 11 bytes > 10: "a" was least recently used and goes.
+        assert!(matches!(cache.get("b"), Some(Variant::Memory(_))));
+        // 11 bytes > 10: "a" was least recently used and moved to a file, whole.
+        match cache.get("a") {
+            Some(Variant::File(p, 6)) => assert_eq!(std::fs::read(p).unwrap(), b"123456"),
+            _ => panic!("a moved to a file"),
+        }
+        assert_eq!(files_in(dir.path()), vec!["a".to_string()]);
+        assert_eq!(cache.totals(), (6, 5));
+        // A copy of a stored blob pushed out of memory is dropped, not moved: the blob
+        // file is the copy. Putting it evicted "b", which moves.
+        assert!(cache.put_memory("blob-x", Bytes::from_static(b"0123456789")));
+        assert!(matches!(cache.get("b"), Some(Variant::File(_, 5))));
+        let mut w = cache.begin("c").unwrap();
+        w.write_all(b"1").unwrap();
+        w.commit();
+        assert!(cache.get("blob-x").is_none());
+        assert_eq!(files_in(dir.path()), vec!["a".to_string(), "b".to_string()]);
+        // A variant moving to a file is not made a second time meanwhile.
+        assert!(cache.begin("a").is_none() && cache.begin("b").is_none());
+    }
+
+    #[test]
+    fn small_variants_moved_to_files_obey_the_file_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = VariantCache::open(dir.path(), 8, 4).unwrap();
+        for key in ["a", "b", "c", "d"] {
+            let mut w = cache.begin(key).unwrap();
+            w.write_all(b"xyz").unwrap();
+            w.commit();
+        }
+        // Memory holds "d"; "a", "b", "c" moved out in turn, and the file budget of 8
+        // bytes keeps the two most recent of them.
+        assert!(matches!(cache.get("d"), Some(Variant::Memory(_))));
         assert!(cache.get("a").is_none());
-        assert!(cache.get("b").is_some());
-        assert!(
-            files_in(dir.path()).is_empty(),
-            "no file for small variants"
-        );
+        assert_eq!(files_in(dir.path()), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(cache.totals(), (6, 3));
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Mapped {
             Ok(n) => n,
             Err(_) => return Err((file, io::Error::other("file too large to map"))),
         };
-        // The one unsafe call in the workspace: a mapping is only sound while nobody
+        // A mapping is only sound while nobody
         // changes the file. Stored blobs and variants are never written after they are
         // renamed into place (module docs), and this process does not read the memory
         // on the path it is made for (`sendfile` reads the file itself).
