@@ -186,7 +186,11 @@ fn produce(path: PathBuf, plan: Plan, tx: mpsc::Sender<io::Result<Bytes>>, metri
             metrics.add_bytes(encoding, tee.sink.sent);
             match result {
                 Ok(()) => {
-                    if let Some(v) = tee.variant.take() {
+                    // The body ends first (dropping the sender closes the stream); then
+                    // the variant's rename, or its move out of memory, happens behind it.
+                    let Tee { sink, variant } = tee;
+                    drop(sink);
+                    if let Some(v) = variant {
                         v.commit();
                     }
                 }
