@@ -299,7 +299,9 @@ impl VariantWriter {
         // claim it again for the move to a file.
         drop(self);
         let moving = cache.evict();
-        cache.move_to_files(moving);
+        if !moving.is_empty() {
+            cache.move_to_files(moving);
+        }
     }
 }
 
