@@ -8,6 +8,7 @@
 //! the client sees a short body against `Content-Length` (or an unterminated chunked
 //! body), never a clean end.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,11 +20,19 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::metrics::{Encoding, Metrics};
 use crate::variants::VariantWriter;
+use crate::zerocopy::Mapped;
 
 /// Size of the chunks handed to hyper.
 const CHUNK: usize = 128 * 1024;
 /// Chunks in flight between producer and connection.
 const DEPTH: usize = 4;
+/// Smallest file whose contents an identity stream on a [`crate::zerocopy::Zerocopy`]
+/// connection sends from a mapping (so with `sendfile`) instead of reading: below
+/// this, mapping and unmapping cost more than the copies they save.
+const MAP_MIN: u64 = 64 * 1024;
+/// Pending bytes this short are copied out when shipped, so the chunk buffer is kept
+/// (before a mapped file, most of what is pending is a few dozen bytes of framing).
+const SHIP_COPY_MAX: usize = 4096;
 
 /// A `Write` that forwards bytes in chunks to the response body, skipping the first
 /// `skip` bytes and refusing to go past `limit` (for ranges and for checking that the
@@ -36,6 +45,8 @@ struct ChunkSink {
     remaining: Option<u64>,
     /// Bytes handed on (after skip), for the metrics.
     sent: u64,
+    /// Large files go out as mappings (the connection sends them with `sendfile`).
+    map_files: bool,
 }
 
 /// Marks the early stop of a range request: the producer ran past the range's end.
@@ -56,6 +67,7 @@ impl ChunkSink {
             skip,
             remaining: limit,
             sent: 0,
+            map_files: false,
         }
     }
 
@@ -63,13 +75,23 @@ impl ChunkSink {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = self.buf.split().freeze();
+        let chunk = if self.buf.len() <= SHIP_COPY_MAX {
+            let small = Bytes::copy_from_slice(&self.buf);
+            self.buf.clear();
+            small
+        } else {
+            let chunk = self.buf.split().freeze();
+            self.buf.reserve(CHUNK);
+            chunk
+        };
+        self.send(chunk)
+    }
+
+    fn send(&mut self, chunk: Bytes) -> io::Result<()> {
         self.sent += chunk.len() as u64;
         self.tx
             .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
-        self.buf.reserve(CHUNK);
-        Ok(())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
     }
 
     fn fail(&self, e: io::Error) {
@@ -114,6 +136,31 @@ impl Write for ChunkSink {
     }
 }
 
+impl nix_formats::nar::NarOutput for ChunkSink {
+    fn takes_contents(&self, size: u64) -> bool {
+        self.map_files
+            && size >= MAP_MIN
+            && self.skip == 0
+            && self.remaining.is_none_or(|r| r >= size)
+    }
+
+    fn file_contents(&mut self, file: File, size: u64) -> io::Result<Option<File>> {
+        let mapped = match Mapped::new(file, size) {
+            Ok(m) => m,
+            Err((file, e)) => {
+                tracing::debug!(error = %e, "mapping a store file failed; reading it");
+                return Ok(Some(file));
+            }
+        };
+        self.ship()?;
+        if let Some(rem) = &mut self.remaining {
+            *rem -= size;
+        }
+        self.send(mapped.into_bytes(0, size))?;
+        Ok(None)
+    }
+}
+
 fn is_range_done(e: &nix_formats::nar::NarWriteError) -> bool {
     match e {
         nix_formats::nar::NarWriteError::Output(io) => {
@@ -126,8 +173,15 @@ fn is_range_done(e: &nix_formats::nar::NarWriteError) -> bool {
 /// What to produce.
 pub enum Plan {
     /// The plain archive, `len` bytes starting at `start`. `nar_size` is what the
-    /// narinfo promised; an archive of any other size aborts the stream.
-    Identity { start: u64, len: u64, nar_size: u64 },
+    /// narinfo promised; an archive of any other size aborts the stream. With
+    /// `zerocopy` (the connection is a [`crate::zerocopy::Zerocopy`] one), large files
+    /// go out as mappings, which the connection sends with `sendfile`.
+    Identity {
+        start: u64,
+        len: u64,
+        nar_size: u64,
+        zerocopy: bool,
+    },
     /// The archive through an encoder; `variant` keeps a copy for the variant cache.
     Compressed {
         encoding: Encoding,
@@ -151,10 +205,12 @@ fn produce(path: PathBuf, plan: Plan, tx: mpsc::Sender<io::Result<Bytes>>, metri
             start,
             len,
             nar_size,
+            zerocopy,
         } => {
             let whole = start == 0 && len == nar_size;
             let mut sink = ChunkSink::new(tx, start, Some(len));
-            let result = nix_formats::nar::dump_path(&path, &mut sink);
+            sink.map_files = zerocopy;
+            let result = nix_formats::nar::dump_path_to(&path, &mut sink);
             let outcome = match result {
                 Ok(n) if n == nar_size => sink.ship(),
                 Ok(_) => Err(io::Error::other("archive size differs from the narinfo")),

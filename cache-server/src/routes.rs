@@ -690,6 +690,7 @@ async fn nar(
                     start,
                     len,
                     nar_size: size,
+                    zerocopy,
                 },
                 s.metrics.clone(),
             )

@@ -12,7 +12,12 @@
 //! connections marked [`Zerocopy`], so those paths do not arise in practice.
 //!
 //! Stored blobs and compressed variants are never rewritten in place (new files are
-//! renamed in, old ones unlinked), so a mapping always shows the bytes it was made for.
+//! renamed in, old ones unlinked), and neither are the files of a Nix store path (Nix
+//! makes them read-only; garbage collection unlinks them): a mapping shows the bytes
+//! it was made for. Identity NARs of local store paths send their large files this
+//! way (`nar_stream`), framed by the archive's bytes from memory. Should a file be cut
+//! short anyway, `sendfile` comes up short and the write fails, which breaks the
+//! connection (never a clean short body).
 //! Node-to-node blob copies send mappings too ([`Mapped::whole`]): there the kernel
 //! copies from the mapping into the socket, which reports a fault as an error rather
 //! than a signal.
@@ -63,8 +68,9 @@ impl Mapped {
         };
         // A mapping is only sound while nobody
         // changes the file. Stored blobs and variants are never written after they are
-        // renamed into place (module docs), and this process does not read the memory
-        // on the path it is made for (`sendfile` reads the file itself).
+        // renamed into place, nor are store paths' files (module docs), and this
+        // process does not read the memory on the path it is made for (`sendfile`
+        // reads the file itself).
         #[allow(unsafe_code)]
         // SAFETY: see above; the mapping is read-only.
         let map = match unsafe { memmap2::MmapOptions::new().len(size).map(&file) } {
@@ -327,5 +333,25 @@ mod tests {
         want.extend_from_slice(&tail);
         assert_eq!(got.len(), want.len());
         assert!(got == want);
+    }
+
+    /// A file cut short after it was mapped (a store path's file truncated under a
+    /// stream) fails the write: the connection breaks instead of sending less.
+    #[tokio::test]
+    async fn a_file_cut_short_under_its_mapping_fails_the_write() {
+        let content = vec![3u8; 200_000];
+        let (keep, file) = file_with(&content);
+        let body = Mapped::new(file, content.len() as u64)
+            .map_err(|(_, e)| e)
+            .unwrap()
+            .into_bytes(0, content.len() as u64);
+        keep.as_file().set_len(1000).unwrap();
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let mut a = SendfileIo::new(a);
+        // Nothing here reads the mapping (past the end of the file that would fault):
+        // the slice only names it.
+        let tail = body.slice(5000..);
+        let err = a.write(&tail).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
 }

@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::hash::Hash;
 
 pub use reader::{NarContents, NarEvent, NarNode, NarReader};
-pub use writer::dump_path;
+pub use writer::{dump_path, dump_path_to, NarOutput};
 
 /// The first string of every archive.
 pub(crate) const MAGIC: &[u8] = b"nix-archive-1";

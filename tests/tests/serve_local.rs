@@ -520,6 +520,9 @@ fn nar_urls_encodings_ranges_and_listing() {
     let n = expected.len();
     for (spec, a, b) in [
         ("bytes=0-99".to_string(), 0, 99),
+        // From the start to just short of the end: share/random.bin (over 64 KiB) goes
+        // out whole from a mapping inside the range, which then stops in the trailer.
+        (format!("bytes=0-{}", n - 2), 0, n - 2),
         (format!("bytes={}-", n - 300), n - 300, n - 1),
         ("bytes=-64".to_string(), n - 64, n - 1),
         (format!("bytes=1000-{}", n + 50), 1000, n - 1),

@@ -480,3 +480,67 @@ fn writer_streams_in_bounded_chunks_and_passes_output_errors_through() {
     };
     assert!(io.get_ref().is_some_and(|e| e.is::<Refused>()));
 }
+
+/// Takes the contents of files from `min` bytes up (recording where they fell in the
+/// stream), or hands them back when `hand_back` is set.
+struct Taker {
+    out: Vec<u8>,
+    min: u64,
+    hand_back: bool,
+    taken: Vec<(usize, u64)>,
+}
+
+impl Write for Taker {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl NarOutput for Taker {
+    fn takes_contents(&self, size: u64) -> bool {
+        size >= self.min
+    }
+    fn file_contents(&mut self, mut file: fs::File, size: u64) -> io::Result<Option<fs::File>> {
+        if self.hand_back {
+            return Ok(Some(file));
+        }
+        self.taken.push((self.out.len(), size));
+        io::Read::read_to_end(&mut file, &mut self.out)?;
+        Ok(None)
+    }
+}
+
+#[test]
+fn an_output_that_takes_file_contents_gets_them_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join("big"), vec![7u8; 100_001]).unwrap();
+    fs::write(root.join("small"), b"tiny").unwrap();
+    fs::write(root.join("sub/also-big"), vec![9u8; 70_000]).unwrap();
+    fs::write(root.join("zero"), b"").unwrap();
+    let want = dump(&root);
+    for hand_back in [false, true] {
+        let mut t = Taker {
+            out: Vec::new(),
+            min: 1000,
+            hand_back,
+            taken: Vec::new(),
+        };
+        let n = dump_path_to(&root, &mut t).unwrap();
+        assert_eq!(n, want.len() as u64, "the count includes taken bytes");
+        assert!(t.out == want, "hand_back {hand_back}: not the same archive");
+        if hand_back {
+            assert!(t.taken.is_empty());
+        } else {
+            // Both large files, each right after its length field, nothing else.
+            assert_eq!(t.taken.len(), 2, "{:?}", t.taken);
+            for (at, size) in t.taken {
+                assert_eq!(want[at - 8..at], size.to_le_bytes());
+            }
+        }
+    }
+}

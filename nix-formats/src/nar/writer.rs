@@ -22,6 +22,52 @@ const OWNER_EXEC: u32 = 0o100;
 /// Links are never followed, the top-level `path` included, so it may be a symlink.
 /// `out` is not flushed: like `io::copy`, the caller owns its writer.
 pub fn dump_path(path: &Path, out: &mut impl Write) -> Result<u64, NarWriteError> {
+    dump_path_to(path, &mut ReadEverything(out))
+}
+
+/// An archive's destination that may send the contents of regular files itself (say,
+/// with `sendfile`) instead of having the writer read them into `write`.
+pub trait NarOutput: Write {
+    /// Whether the output would take the contents of a regular file of `size` bytes
+    /// (then [`file_contents`](NarOutput::file_contents) is offered them, after the
+    /// writer's buffer went out; otherwise the writer reads them, buffering as usual).
+    fn takes_contents(&self, size: u64) -> bool;
+
+    /// Offered a regular file's contents, `size` bytes of `file` from its start, once
+    /// everything before them has gone to `write`. `Ok(None)` when the output took them
+    /// (it answers for delivering exactly `size` bytes of `file`, in order, before
+    /// anything written after); `Ok(Some(file))` hands the file back for the writer to
+    /// read. An error ends the archive as [`NarWriteError::Output`].
+    fn file_contents(&mut self, file: File, size: u64) -> io::Result<Option<File>>;
+}
+
+/// A plain `Write` as a [`NarOutput`] that takes no file contents.
+struct ReadEverything<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Write for ReadEverything<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.write(data)
+    }
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> NarOutput for ReadEverything<'_, W> {
+    fn takes_contents(&self, _size: u64) -> bool {
+        false
+    }
+    fn file_contents(&mut self, file: File, _size: u64) -> io::Result<Option<File>> {
+        Ok(Some(file))
+    }
+}
+
+/// [`dump_path`] into an output that may take file contents itself
+/// ([`NarOutput::file_contents`]); the count returned includes the bytes it took.
+pub fn dump_path_to(path: &Path, out: &mut impl NarOutput) -> Result<u64, NarWriteError> {
     let mut w = Emitter {
         out,
         buf: Vec::with_capacity(CHUNK + 1024),
@@ -40,7 +86,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NarWriteError + '_ {
     }
 }
 
-fn dump_node<W: Write>(w: &mut Emitter<'_, W>, path: &Path) -> Result<(), NarWriteError> {
+fn dump_node<W: NarOutput>(w: &mut Emitter<'_, W>, path: &Path) -> Result<(), NarWriteError> {
     let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
     let kind = meta.file_type();
     w.string(b"(")?;
@@ -83,13 +129,13 @@ fn dump_node<W: Write>(w: &mut Emitter<'_, W>, path: &Path) -> Result<(), NarWri
 }
 
 /// Batches the many small strings of an archive so `out` sees few, large writes.
-struct Emitter<'a, W: Write> {
+struct Emitter<'a, W: NarOutput> {
     out: &'a mut W,
     buf: Vec<u8>,
     written: u64,
 }
 
-impl<W: Write> Emitter<'_, W> {
+impl<W: NarOutput> Emitter<'_, W> {
     fn flush_buf(&mut self) -> Result<(), NarWriteError> {
         self.out
             .write_all(&self.buf)
@@ -113,9 +159,30 @@ impl<W: Write> Emitter<'_, W> {
         self.bytes(&[0; 8][..padding(s.len() as u64)])
     }
 
-    /// The length and `size` bytes of `file`, read straight into the output buffer.
-    fn contents(&mut self, path: &Path, mut file: File, size: u64) -> Result<(), NarWriteError> {
+    /// The length and `size` bytes of `file`: taken by the output, or read straight
+    /// into the output buffer.
+    fn contents(&mut self, path: &Path, file: File, size: u64) -> Result<(), NarWriteError> {
         self.bytes(&size.to_le_bytes())?;
+        if size > 0 && self.out.takes_contents(size) {
+            self.flush_buf()?;
+            match self.out.file_contents(file, size) {
+                Ok(None) => {
+                    self.written += size;
+                    return self.bytes(&[0; 8][..padding(size)]);
+                }
+                Ok(Some(file)) => return self.read_contents(path, file, size),
+                Err(e) => return Err(NarWriteError::Output(e)),
+            }
+        }
+        self.read_contents(path, file, size)
+    }
+
+    fn read_contents(
+        &mut self,
+        path: &Path,
+        mut file: File,
+        size: u64,
+    ) -> Result<(), NarWriteError> {
         let mut remaining = size;
         while remaining > 0 {
             if self.buf.len() >= CHUNK {
