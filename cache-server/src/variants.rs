@@ -115,15 +115,26 @@ impl VariantCache {
             return false;
         }
         self.inner.lock().put_small(key, bytes, false);
+        self.rebalance(false);
+        true
+    }
+
+    /// Brings both tiers within their budgets; variants pushed out of memory move to
+    /// files, right here when `inline` (the caller is a blocking thread already), else
+    /// on the blocking pool (when there is a runtime to spawn on).
+    fn rebalance(self: &Arc<Self>, inline: bool) {
         let moving = self.evict();
-        if !moving.is_empty() {
-            let cache = Arc::clone(self);
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || cache.move_to_files(moving))),
-                Err(_) => cache.move_to_files(moving),
+        if moving.is_empty() {
+            return;
+        }
+        if !inline {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let cache = Arc::clone(self);
+                drop(rt.spawn_blocking(move || cache.move_to_files(moving)));
+                return;
             }
         }
-        true
+        self.move_to_files(moving);
     }
 
     /// Forgets an entry whose file turned out to be missing, or whose source went bad.
@@ -298,10 +309,7 @@ impl VariantWriter {
         // The writer's claim on its key ends first, so evicting this very variant can
         // claim it again for the move to a file.
         drop(self);
-        let moving = cache.evict();
-        if !moving.is_empty() {
-            cache.move_to_files(moving);
-        }
+        cache.rebalance(true);
     }
 }
 
