@@ -141,7 +141,7 @@ fn rejected(r: Rejection) -> ServerError {
 /// and registered with its holders. Fails with 503 when fewer nodes than a path needs
 /// hold a verified copy.
 pub async fn commit_blob(s: &Shared, rec: &BlobRecord) -> Result<(), ServerError> {
-    replicate(s, s.catalog.node(), rec, None).await?;
+    replicate(s, s.catalog.node(), rec, None, async { Ok(()) }).await?;
     failpoint("after-register");
     Ok(())
 }
@@ -157,13 +157,15 @@ struct Gathered {
 /// The cluster's write path for one ingested blob (and the path naming it, when the
 /// upload brought both). Copies go to every peer lacking one, each in a task of its
 /// own; as soon as this node and the verified copies make the number a path needs, one
-/// Raft entry registers them all, and the path with them. Copies that finish later
-/// register in entries of their own; a peer that is down or cut off is left to repair.
+/// Raft entry registers them all, and the path with them (once `ready`, which may wait
+/// for the path's references). Copies that finish later register in entries of their
+/// own; a peer that is down or cut off is left to repair.
 async fn replicate(
     s: &Shared,
     node: &Arc<Node>,
     rec: &BlobRecord,
     path: Option<&PathRecord>,
+    ready: impl std::future::Future<Output = Result<(), ServerError>>,
 ) -> Result<(), ServerError> {
     failpoint("after-ingest");
     let me = node.id();
@@ -265,6 +267,7 @@ async fn replicate(
     if holders.is_empty() && path.is_none() {
         return Ok(());
     }
+    ready.await?;
     if path.is_some() {
         failpoint("before-path");
     }
@@ -335,14 +338,15 @@ pub async fn commit_path(s: &Shared, rec: &PathRecord) -> Result<(), ServerError
     r.map(|_| ()).map_err(rejected)
 }
 
-/// Records a blob and its path together (the batch API's last step), in the same
-/// Raft entry as the blob's first holders.
+/// Records a blob and its path together (an upload session's last step), in the same
+/// Raft entry as the blob's first holders, once the copies are made and `ready` is.
 pub async fn commit_blob_and_path(
     s: &Shared,
     blob: &BlobRecord,
     path: &PathRecord,
+    ready: impl std::future::Future<Output = Result<(), ServerError>>,
 ) -> Result<(), ServerError> {
-    replicate(s, s.catalog.node(), blob, Some(path)).await
+    replicate(s, s.catalog.node(), blob, Some(path), ready).await
 }
 
 /// Stores a token through Raft.

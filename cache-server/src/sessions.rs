@@ -20,6 +20,15 @@
 //!
 //! Either way the blob and the path record are committed in one transaction, so the
 //! narinfo appears whole or not at all.
+//!
+//! **References still on their way.** A path may be declared while one of its
+//! references is itself being uploaded in a session open here: the client need not
+//! wait for a whole chain of paths to land one after the other. The checks are the
+//! same, only later: once its own blob is verified and copied to the peers, the last
+//! part waits (at most [`REFERENCE_WAIT`]) until every reference is recorded, and only
+//! then is the path; a reference whose session ends without it gets the upload
+//! refused. A one-part session's answer says `early_dependents: true`, which is how
+//! a client knows it may create its dependents' sessions right away.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -50,6 +59,11 @@ type Shared = Arc<AppState>;
 
 /// Sessions untouched this long are deleted with their bytes.
 pub const SESSION_TTL_SECS: u64 = 24 * 3600;
+
+/// How long a finished upload waits for references still being uploaded here before it
+/// gives up with 503 (the client tries again). Below the clients' own patience with a
+/// silent request (cachectl: 300 s).
+pub const REFERENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(240);
 
 const SESSION_FILE: &str = "session.json";
 const DATA_FILE: &str = "data";
@@ -134,6 +148,9 @@ pub struct Sessions {
     dir: PathBuf,
     store_dir: StoreDir,
     by_id: Mutex<HashMap<String, Arc<Session>>>,
+    /// Woken whenever a session ends (its path recorded or not): uploads waiting for
+    /// their references look again.
+    ended: tokio::sync::Notify,
 }
 
 impl Sessions {
@@ -145,6 +162,7 @@ impl Sessions {
             dir,
             store_dir,
             by_id: Mutex::new(HashMap::new()),
+            ended: tokio::sync::Notify::new(),
         };
         let at = now();
         for entry in fs::read_dir(&sessions.dir)? {
@@ -235,12 +253,22 @@ impl Sessions {
             .cloned()
     }
 
+    /// Whether a session open here is uploading the path with this hash part.
+    fn uploading(&self, hash_part: &str) -> bool {
+        self.by_id
+            .lock()
+            .values()
+            .any(|s| s.decl.store_path.hash_part() == hash_part)
+    }
+
     /// Forgets a session and deletes its files.
     fn remove(&self, id: &str) {
-        if let Some(s) = self.by_id.lock().remove(id) {
+        let removed = self.by_id.lock().remove(id);
+        if let Some(s) = removed {
             if s.on_disk {
                 remove_dir(&self.session_dir(id));
             }
+            self.ended.notify_waiters();
         }
     }
 
@@ -340,8 +368,52 @@ fn open_answer(s: &AppState, session: &Session) -> Response {
         "nar_size": session.decl.nar_size,
         "part_size": s.config.upload_part_bytes,
         "complete": false,
+        // A one-part session ends with the one request that brings its bytes, so its
+        // dependents may wait on it (module docs); a multi-part one may take hours.
+        "early_dependents": !session.on_disk,
     }))
     .into_response()
+}
+
+/// Waits until every reference of `d` is recorded (in the cache or the local store),
+/// as long as those that are not are being uploaded in sessions open here.
+async fn references_recorded(s: &AppState, d: &Declared) -> Result<(), ServerError> {
+    if s.config.allow_missing_references {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + REFERENCE_WAIT;
+    loop {
+        // Registered before looking, so a session ending meanwhile still wakes us.
+        let ended = s.sessions.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let mut waiting_for = None;
+        for r in d.references.iter().filter(|r| **r != d.store_path) {
+            let h = r.hash_part();
+            if present(s, &h)? {
+                continue;
+            }
+            if !s.sessions.uploading(&h) {
+                // Unavailable, not refused: a client retrying that reference's upload
+                // is between two sessions of it.
+                return Err(ServerError::Unavailable(format!(
+                    "reference {} is neither in the cache nor being uploaded to it",
+                    s.sessions.store_dir.display(r)
+                )));
+            }
+            waiting_for.get_or_insert(r);
+        }
+        let Some(r) = waiting_for else {
+            return Ok(());
+        };
+        if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            return Err(ServerError::Unavailable(format!(
+                "reference {} is still being uploaded after {} s; try again",
+                s.sessions.store_dir.display(r),
+                REFERENCE_WAIT.as_secs()
+            )));
+        }
+    }
 }
 
 pub async fn create(
@@ -397,13 +469,15 @@ pub async fn create(
     if !s.config.allow_missing_references {
         let mut missing = Vec::new();
         for r in references.iter().filter(|r| **r != store_path) {
-            if !present(&s, &r.hash_part())? {
+            let h = r.hash_part();
+            if !present(&s, &h)? && !s.sessions.uploading(&h) {
                 missing.push(r);
             }
         }
         if let Some(first) = missing.first() {
             return Err(reject(format!(
-                "{} reference(s) not in the cache, e.g. {}; upload them first",
+                "{} reference(s) neither in the cache nor being uploaded to it, e.g. {}; \
+                 upload them first",
                 missing.len(),
                 dir.display(first)
             )));
@@ -549,12 +623,20 @@ pub async fn put_part(
             .into_response())
         }
         Ok(PartOutcome::Complete(ingested)) => {
-            // The blob is in place; the session is over whatever the commit says (a
-            // retry starts afresh and finds the blob already stored).
+            // The blob is in place. The session stays open while its path is recorded
+            // (uploads referencing it wait for that), and is over whatever the commit
+            // says (a retry starts afresh and finds the blob already stored).
+            let (blob, path) = records(&session.decl, &ingested);
+            let committed = crate::replication::commit_blob_and_path(
+                &s,
+                &blob,
+                &path,
+                references_recorded(&s, &session.decl),
+            )
+            .await;
             drop(progress);
             s.sessions.remove(&id);
-            let (blob, path) = records(&session.decl, &ingested);
-            crate::replication::commit_blob_and_path(&s, &blob, &path).await?;
+            committed?;
             tracing::info!(
                 path = %s.sessions.store_dir.display(&session.decl.store_path),
                 nar_size = ingested.nar_size,

@@ -142,6 +142,11 @@ pub struct Session {
     pub nar_offset: u64,
     #[serde(default)]
     pub part_size: u64,
+    /// The cache lets sessions of paths referencing this one be created now (it
+    /// records theirs after this one's); caches that do not say so get paths strictly
+    /// after their references.
+    #[serde(default)]
+    pub early_dependents: bool,
 }
 
 /// The answer to one part.

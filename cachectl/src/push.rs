@@ -1,8 +1,10 @@
 //! `cachectl push`: uploads store paths and their closures through the cache's upload
 //! sessions. [`Pusher`] is the engine `uploader` reuses: closures from the local Nix
-//! database, one `missing` question per batch, then uploads in dependency order (a path
-//! starts only once every reference it has in the upload set is in the cache, since the
-//! cache checks references) with a bounded number in parallel.
+//! database, one `missing` question per batch, then uploads in dependency order with a
+//! bounded number in parallel. A path starts once every reference it has in the upload
+//! set is in the cache, or is being uploaded in a session whose answer allowed early
+//! dependents (the cache then records the path after its references): a chain of
+//! small paths streams up `jobs` at a time instead of one round trip after another.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -298,15 +300,16 @@ impl Pusher {
     }
 
     /// Uploads `missing` (references first) with `jobs` at once; a path waits for its
-    /// references in the set and fails without a request if one of them failed.
-    async fn upload_all(
+    /// references in the set (until they are uploaded, or their sessions allowed early
+    /// dependents) and fails without a request if one of them failed first.
+    async fn upload_all<'a>(
         &self,
-        missing: &[&PathInfo],
+        missing: &[&'a PathInfo],
         status: &mut HashMap<StorePath, Status>,
         bar: &ProgressBar,
     ) {
         let total = missing.len();
-        let by_path: HashMap<&StorePath, &PathInfo> =
+        let by_path: HashMap<&'a StorePath, &'a PathInfo> =
             missing.iter().map(|i| (&i.path, *i)).collect();
         let mut waiting: HashMap<&StorePath, usize> = HashMap::new();
         let mut dependents: HashMap<&StorePath, Vec<&StorePath>> = HashMap::new();
@@ -330,26 +333,56 @@ impl Pusher {
         let mut done = 0;
         bar.set_message(format!("0/{total} paths"));
         let mut running = FuturesUnordered::new();
+        // Paths whose dependents were let go (started early, or done).
+        let mut released: HashSet<&'a StorePath> = HashSet::new();
+        let mut launched: HashSet<&'a StorePath> = HashSet::new();
+        let (early_tx, mut early_rx) = tokio::sync::mpsc::unbounded_channel::<&'a StorePath>();
+        let mut release = |p: &StorePath, ready: &mut VecDeque<&'a PathInfo>| {
+            let Some((p, _)) = by_path.get_key_value(p) else {
+                return;
+            };
+            if !released.insert(*p) {
+                return;
+            }
+            for d in dependents.get(p).into_iter().flatten() {
+                let n = waiting.get_mut(d).expect("a dependent waits");
+                *n -= 1;
+                if *n == 0 {
+                    ready.push_back(by_path[d]);
+                }
+            }
+        };
         loop {
             while running.len() < self.jobs {
                 let Some(info) = ready.pop_front() else { break };
-                running.push(async move { (info, self.upload_one(info, bar).await) });
+                if status.contains_key(&info.path) {
+                    continue; // failed with a reference before its turn came
+                }
+                launched.insert(&info.path);
+                let early = early_tx.clone();
+                // The receiver lives as long as this loop.
+                let started = move || {
+                    let _ = early.send(&info.path);
+                };
+                running.push(async move { (info, self.upload_one(info, bar, started).await) });
             }
-            let Some((info, result)) = running.next().await else {
-                break;
+            let (info, result) = tokio::select! {
+                biased;
+                Some(p) = early_rx.recv() => {
+                    release(p, &mut ready);
+                    continue;
+                }
+                next = running.next() => match next {
+                    Some(r) => r,
+                    None => break,
+                },
             };
             done += 1;
             bar.set_message(format!("{done}/{total} paths"));
             match result {
                 Ok(s) => {
                     status.insert(info.path.clone(), s);
-                    for d in dependents.get(&info.path).into_iter().flatten() {
-                        let n = waiting.get_mut(d).expect("a dependent waits");
-                        *n -= 1;
-                        if *n == 0 {
-                            ready.push_back(by_path[d]);
-                        }
-                    }
+                    release(&info.path, &mut ready);
                 }
                 Err(e) => {
                     let dir = self.store.store_dir();
@@ -360,7 +393,9 @@ impl Pusher {
                     let mut stack: Vec<&StorePath> =
                         dependents.get(&info.path).cloned().unwrap_or_default();
                     while let Some(d) = stack.pop() {
-                        if status.contains_key(d) {
+                        // One already sent reports its own outcome (the cache refuses
+                        // it without its reference).
+                        if status.contains_key(d) || launched.contains(d) {
                             continue;
                         }
                         done += 1;
@@ -379,8 +414,14 @@ impl Pusher {
         }
     }
 
-    /// Uploads one path, resuming and retrying transient failures a few times.
-    async fn upload_one(&self, info: &PathInfo, bar: &ProgressBar) -> Result<Status, ClientError> {
+    /// Uploads one path, resuming and retrying transient failures a few times. `started`
+    /// is called when the cache opened a session that allows early dependents.
+    async fn upload_one(
+        &self,
+        info: &PathInfo,
+        bar: &ProgressBar,
+        started: impl Fn(),
+    ) -> Result<Status, ClientError> {
         let dir = self.store.store_dir();
         let full = dir.display(&info.path);
         let req = CreateUpload {
@@ -401,7 +442,7 @@ impl Pusher {
         let mut failures = 0;
         let mut sent_any = false;
         loop {
-            let (result, progressed) = self.attempt(&req, info, &full, &meter).await;
+            let (result, progressed) = self.attempt(&req, info, &full, &meter, &started).await;
             sent_any |= progressed;
             match result {
                 Ok(true) => return Ok(Status::Uploaded),
@@ -443,6 +484,7 @@ impl Pusher {
         info: &PathInfo,
         display: &str,
         meter: &parts::Meter,
+        started: &impl Fn(),
     ) -> (Result<bool, ClientError>, bool) {
         let session = match self.client.create_upload(req).await {
             Ok(s) => s,
@@ -451,6 +493,9 @@ impl Pusher {
         let Some(id) = session.id.filter(|_| !session.complete) else {
             return (Ok(false), false);
         };
+        if session.early_dependents {
+            started();
+        }
         let job = parts::Job {
             real_path: self.store.real_path(&info.path),
             display: display.to_string(),

@@ -436,7 +436,10 @@ fn creating_checks_everything_before_a_byte_is_sent() {
         b["references"] = json!(["/nix/store/00000000000000000000000000000000-not-here"]);
         let (st, v) = create(&url, Some(PUSH), &b).await;
         assert_eq!(st, 400, "{v}");
-        assert!(v.as_str().unwrap().contains("not in the cache"), "{v}");
+        assert!(
+            v.as_str().unwrap().contains("neither in the cache nor"),
+            "{v}"
+        );
 
         let mut b = body.clone();
         b["nar_size"] = json!(11 << 20);
@@ -469,6 +472,102 @@ fn creating_checks_everything_before_a_byte_is_sent() {
         assert_eq!(put_part(&url, id, 0, frame(&dep.nar)).await.0, 404);
     });
     assert_eq!(server.state.catalog.path_count().unwrap(), 0);
+}
+
+/// Waits (10 s at most) until `dir` holds `n` files.
+async fn until_files(dir: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while files_under(dir).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} file(s) under {}, waited for {n}",
+            files_under(dir).len(),
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A path may be declared while a reference is still being uploaded in a session that
+/// allowed early dependents: its own NAR is verified and stored, then its path waits
+/// until the reference is recorded, and never shows before it. A reference whose
+/// session ends without it fails the wait (503, nothing recorded).
+#[test]
+fn a_dependent_waits_for_a_reference_still_being_uploaded() {
+    let f = fixture();
+    let (a, b, c, d) = (f.add(3000), f.add(2000), f.add(1000), f.add(500));
+    let server = f.server(|_| {});
+    let url = server.url();
+    let blobs_dir = server.state.blobs.root().join("blobs");
+    cairn_tests::rt().block_on(async {
+        let (st, sa) = create(&url, Some(PUSH), &create_body(&a)).await;
+        assert_eq!(st, 200, "{sa}");
+        assert_eq!(sa["early_dependents"], true, "{sa}");
+        let a_id = sa["id"].as_str().unwrap().to_string();
+        let mut body = create_body(&b);
+        body["references"] = json!([a.path]);
+        let (st, sb) = create(&url, Some(PUSH), &body).await;
+        assert_eq!(st, 200, "{sb}");
+        let b_id = sb["id"].as_str().unwrap().to_string();
+
+        // B's whole NAR first: verified and stored, its path held back.
+        let (u, nar) = (url.clone(), frame(&b.nar));
+        let b_put = tokio::spawn(async move { put_part(&u, &b_id, 0, nar).await });
+        until_files(&blobs_dir, 1).await;
+        assert_eq!(get_status(&narinfo_url(&server, &b.path)).await, 404);
+        assert!(!b_put.is_finished(), "B was recorded before its reference");
+
+        // A arrives: A is recorded, then B.
+        let (st, v) = put_part(&url, &a_id, 0, frame(&a.nar)).await;
+        assert_eq!((st, &v["complete"]), (200, &json!(true)), "{v}");
+        let (st, v) = b_put.await.unwrap();
+        assert_eq!((st, &v["complete"]), (200, &json!(true)), "{v}");
+        for p in [&a.path, &b.path] {
+            assert_eq!(get_status(&narinfo_url(&server, p)).await, 200);
+        }
+
+        // C waits on D, whose session is then aborted: C's path is refused.
+        let (_, sd) = create(&url, Some(PUSH), &create_body(&d)).await;
+        let d_id = sd["id"].as_str().unwrap().to_string();
+        let mut body = create_body(&c);
+        body["references"] = json!([d.path]);
+        let (st, sc) = create(&url, Some(PUSH), &body).await;
+        assert_eq!(st, 200, "{sc}");
+        let c_id = sc["id"].as_str().unwrap().to_string();
+        let (u, nar) = (url.clone(), frame(&c.nar));
+        let c_put = tokio::spawn(async move { put_part(&u, &c_id, 0, nar).await });
+        until_files(&blobs_dir, 3).await;
+        let resp = cairn_tests::http_client()
+            .delete(format!("{url}/api/v1/uploads/{d_id}"))
+            .bearer_auth(PUSH)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 204);
+        let (st, v) = c_put.await.unwrap();
+        assert_eq!(st, 503, "{v}");
+        assert!(v.to_string().contains("neither in the cache nor"), "{v}");
+        for p in [&c.path, &d.path] {
+            assert_eq!(get_status(&narinfo_url(&server, p)).await, 404);
+        }
+        // With D gone, declaring C again is refused at once.
+        assert_eq!(create(&url, Some(PUSH), &body).await.0, 400);
+    });
+    assert_eq!(server.state.catalog.path_count().unwrap(), 2);
+    // Nix takes B and its declared reference A from the cache.
+    let (_dest, got) = cairn_tests::substitute(&server.url(), &f.key.public, &b.path);
+    for x in [&a, &b] {
+        let info = got
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["path"] == x.info["path"]);
+        assert_eq!(
+            info.expect("substituted")["narHash"],
+            x.info["narHash"],
+            "{got}"
+        );
+    }
 }
 
 #[test]
