@@ -375,6 +375,25 @@ fn open_answer(s: &AppState, session: &Session) -> Response {
     .into_response()
 }
 
+/// Where a reference stands for an upload that declares it.
+enum Reference {
+    Recorded,
+    Uploading,
+    Missing,
+}
+
+/// Looks at the sessions first: a session ends only after its path is recorded (or
+/// refused), so a reference found in neither place was not recorded in between.
+fn reference(s: &AppState, hash_part: &str) -> Result<Reference, ServerError> {
+    Ok(if s.sessions.uploading(hash_part) {
+        Reference::Uploading
+    } else if present(s, hash_part)? {
+        Reference::Recorded
+    } else {
+        Reference::Missing
+    })
+}
+
 /// Waits until every reference of `d` is recorded (in the cache or the local store),
 /// as long as those that are not are being uploaded in sessions open here.
 async fn references_recorded(s: &AppState, d: &Declared) -> Result<(), ServerError> {
@@ -389,19 +408,20 @@ async fn references_recorded(s: &AppState, d: &Declared) -> Result<(), ServerErr
         ended.as_mut().enable();
         let mut waiting_for = None;
         for r in d.references.iter().filter(|r| **r != d.store_path) {
-            let h = r.hash_part();
-            if present(s, &h)? {
-                continue;
+            match reference(s, &r.hash_part())? {
+                Reference::Recorded => {}
+                Reference::Uploading => {
+                    waiting_for.get_or_insert(r);
+                }
+                Reference::Missing => {
+                    // Unavailable, not refused: a client retrying that reference's
+                    // upload is between two sessions of it.
+                    return Err(ServerError::Unavailable(format!(
+                        "reference {} is neither in the cache nor being uploaded to it",
+                        s.sessions.store_dir.display(r)
+                    )));
+                }
             }
-            if !s.sessions.uploading(&h) {
-                // Unavailable, not refused: a client retrying that reference's upload
-                // is between two sessions of it.
-                return Err(ServerError::Unavailable(format!(
-                    "reference {} is neither in the cache nor being uploaded to it",
-                    s.sessions.store_dir.display(r)
-                )));
-            }
-            waiting_for.get_or_insert(r);
         }
         let Some(r) = waiting_for else {
             return Ok(());
@@ -469,8 +489,7 @@ pub async fn create(
     if !s.config.allow_missing_references {
         let mut missing = Vec::new();
         for r in references.iter().filter(|r| **r != store_path) {
-            let h = r.hash_part();
-            if !present(&s, &h)? && !s.sessions.uploading(&h) {
+            if let Reference::Missing = reference(&s, &r.hash_part())? {
                 missing.push(r);
             }
         }

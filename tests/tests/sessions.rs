@@ -488,6 +488,25 @@ async fn until_files(dir: &Path, n: usize) {
     }
 }
 
+/// Opens a session for `reference` (which must allow early dependents), then one for
+/// `dependent` declaring it as its reference: both ids, and the dependent's request.
+async fn declare_both(url: &str, reference: &Added, dependent: &Added) -> (String, String, Value) {
+    let (st, r) = create(url, Some(PUSH), &create_body(reference)).await;
+    assert_eq!((st, &r["early_dependents"]), (200, &json!(true)), "{r}");
+    let mut body = create_body(dependent);
+    body["references"] = json!([reference.path]);
+    let (st, d) = create(url, Some(PUSH), &body).await;
+    assert_eq!(st, 200, "{d}");
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+    (id(&r), id(&d), body)
+}
+
+/// Sends `a`'s whole NAR as the one part of session `id`, in a task of its own.
+fn spawn_part(url: &str, id: String, a: &Added) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (url, nar) = (url.to_string(), frame(&a.nar));
+    tokio::spawn(async move { put_part(&url, &id, 0, nar).await })
+}
+
 /// A path may be declared while a reference is still being uploaded in a session that
 /// allowed early dependents: its own NAR is verified and stored, then its path waits
 /// until the reference is recorded, and never shows before it. A reference whose
@@ -500,19 +519,9 @@ fn a_dependent_waits_for_a_reference_still_being_uploaded() {
     let url = server.url();
     let blobs_dir = server.state.blobs.root().join("blobs");
     cairn_tests::rt().block_on(async {
-        let (st, sa) = create(&url, Some(PUSH), &create_body(&a)).await;
-        assert_eq!(st, 200, "{sa}");
-        assert_eq!(sa["early_dependents"], true, "{sa}");
-        let a_id = sa["id"].as_str().unwrap().to_string();
-        let mut body = create_body(&b);
-        body["references"] = json!([a.path]);
-        let (st, sb) = create(&url, Some(PUSH), &body).await;
-        assert_eq!(st, 200, "{sb}");
-        let b_id = sb["id"].as_str().unwrap().to_string();
-
+        let (a_id, b_id, _) = declare_both(&url, &a, &b).await;
         // B's whole NAR first: verified and stored, its path held back.
-        let (u, nar) = (url.clone(), frame(&b.nar));
-        let b_put = tokio::spawn(async move { put_part(&u, &b_id, 0, nar).await });
+        let b_put = spawn_part(&url, b_id, &b);
         until_files(&blobs_dir, 1).await;
         assert_eq!(get_status(&narinfo_url(&server, &b.path)).await, 404);
         assert!(!b_put.is_finished(), "B was recorded before its reference");
@@ -527,15 +536,8 @@ fn a_dependent_waits_for_a_reference_still_being_uploaded() {
         }
 
         // C waits on D, whose session is then aborted: C's path is refused.
-        let (_, sd) = create(&url, Some(PUSH), &create_body(&d)).await;
-        let d_id = sd["id"].as_str().unwrap().to_string();
-        let mut body = create_body(&c);
-        body["references"] = json!([d.path]);
-        let (st, sc) = create(&url, Some(PUSH), &body).await;
-        assert_eq!(st, 200, "{sc}");
-        let c_id = sc["id"].as_str().unwrap().to_string();
-        let (u, nar) = (url.clone(), frame(&c.nar));
-        let c_put = tokio::spawn(async move { put_part(&u, &c_id, 0, nar).await });
+        let (d_id, c_id, body) = declare_both(&url, &d, &c).await;
+        let c_put = spawn_part(&url, c_id, &c);
         until_files(&blobs_dir, 3).await;
         let resp = cairn_tests::http_client()
             .delete(format!("{url}/api/v1/uploads/{d_id}"))
