@@ -253,12 +253,13 @@ impl Sessions {
             .cloned()
     }
 
-    /// Whether a session open here is uploading the path with this hash part.
-    fn uploading(&self, hash_part: &str) -> bool {
+    /// Whether a session open here is uploading `path` (compared by digest: nothing is
+    /// encoded under the lock).
+    fn uploading(&self, path: &StorePath) -> bool {
         self.by_id
             .lock()
             .values()
-            .any(|s| s.decl.store_path.hash_part() == hash_part)
+            .any(|s| s.decl.store_path.digest() == path.digest())
     }
 
     /// Forgets a session and deletes its files.
@@ -384,10 +385,10 @@ enum Reference {
 
 /// Looks at the sessions first: a session ends only after its path is recorded (or
 /// refused), so a reference found in neither place was not recorded in between.
-fn reference(s: &AppState, hash_part: &str) -> Result<Reference, ServerError> {
-    Ok(if s.sessions.uploading(hash_part) {
+fn reference(s: &AppState, path: &StorePath) -> Result<Reference, ServerError> {
+    Ok(if s.sessions.uploading(path) {
         Reference::Uploading
-    } else if present(s, hash_part)? {
+    } else if present(s, &path.hash_part())? {
         Reference::Recorded
     } else {
         Reference::Missing
@@ -408,7 +409,7 @@ async fn references_recorded(s: &AppState, d: &Declared) -> Result<(), ServerErr
         ended.as_mut().enable();
         let mut waiting_for = None;
         for r in d.references.iter().filter(|r| **r != d.store_path) {
-            match reference(s, &r.hash_part())? {
+            match reference(s, r)? {
                 Reference::Recorded => {}
                 Reference::Uploading => {
                     waiting_for.get_or_insert(r);
@@ -489,7 +490,7 @@ pub async fn create(
     if !s.config.allow_missing_references {
         let mut missing = Vec::new();
         for r in references.iter().filter(|r| **r != store_path) {
-            if let Reference::Missing = reference(&s, &r.hash_part())? {
+            if let Reference::Missing = reference(&s, r)? {
                 missing.push(r);
             }
         }

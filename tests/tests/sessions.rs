@@ -158,6 +158,18 @@ async fn look(url: &str, id: &str) -> (u16, Value) {
     answer(resp).await
 }
 
+/// `DELETE /api/v1/uploads/<id>`: the status.
+async fn abort(url: &str, id: &str) -> u16 {
+    cairn_tests::http_client()
+        .delete(format!("{url}/api/v1/uploads/{id}"))
+        .bearer_auth(PUSH)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn get_status(url: &str) -> u16 {
     cairn_tests::http_client()
         .get(url)
@@ -461,13 +473,7 @@ fn creating_checks_everything_before_a_byte_is_sent() {
         // Abort: the session and its bytes are gone.
         let (_, s) = create(&url, Some(PUSH), &body).await;
         let id = s["id"].as_str().unwrap();
-        let resp = cairn_tests::http_client()
-            .delete(format!("{url}/api/v1/uploads/{id}"))
-            .bearer_auth(PUSH)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 204);
+        assert_eq!(abort(&url, id).await, 204);
         assert_eq!(look(&url, id).await.0, 404);
         assert_eq!(put_part(&url, id, 0, frame(&dep.nar)).await.0, 404);
     });
@@ -539,13 +545,7 @@ fn a_dependent_waits_for_a_reference_still_being_uploaded() {
         let (d_id, c_id, body) = declare_both(&url, &d, &c).await;
         let c_put = spawn_part(&url, c_id, &c);
         until_files(&blobs_dir, 3).await;
-        let resp = cairn_tests::http_client()
-            .delete(format!("{url}/api/v1/uploads/{d_id}"))
-            .bearer_auth(PUSH)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 204);
+        assert_eq!(abort(&url, &d_id).await, 204);
         let (st, v) = c_put.await.unwrap();
         assert_eq!(st, 503, "{v}");
         assert!(v.to_string().contains("neither in the cache nor"), "{v}");
