@@ -114,7 +114,7 @@ pub struct FileConfig {
     /// xz preset for on-the-fly compression. Default 2.
     pub xz_level: Option<u32>,
     /// Most compressions running at once; more requests wait. Default: the number of
-    /// CPUs.
+    /// CPUs plus one.
     pub max_encoders: Option<usize>,
     /// Bytes of compressed NAR variants kept on disk under `data_dir`; 0 turns the
     /// variant cache off. Default 1 GiB.
@@ -438,7 +438,9 @@ impl Config {
         if workers == 0 {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
         }
-        let max_encoders = file.max_encoders.unwrap_or_else(cpus);
+        // One more than the cores: an encoder whose client has not yet drained what it
+        // made waits holding its permit, and the extra one keeps the cores busy then.
+        let max_encoders = file.max_encoders.unwrap_or_else(|| cpus() + 1);
         if max_encoders == 0 {
             return Err(ConfigError::Invalid(
                 "max_encoders must be at least 1".into(),

@@ -9,7 +9,7 @@
 //! body), never a clean end.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -305,7 +305,11 @@ const ZSTD_FRAME: usize = 1 << 20;
 /// that small.
 struct ZstdEncoder {
     ctx: zstd::zstd_safe::CCtx<'static>,
+    /// Always [`ZSTD_FRAME`] bytes long (zeroed once, when the encoder is made); the
+    /// frame being gathered is `input[..filled]`, so neither copying nor reading into
+    /// it has to grow or clear anything first.
     input: Vec<u8>,
+    filled: usize,
     output: Vec<u8>,
 }
 
@@ -325,7 +329,8 @@ fn compress(
         Encoding::Zstd => {
             let mut enc = ZSTD_ENCODERS.lock().pop().unwrap_or_else(|| ZstdEncoder {
                 ctx: zstd::zstd_safe::CCtx::create(),
-                input: Vec::with_capacity(ZSTD_FRAME),
+                input: vec![0; ZSTD_FRAME],
+                filled: 0,
                 output: Vec::with_capacity(zstd::zstd_safe::compress_bound(ZSTD_FRAME)),
             });
             let result = zstd_into(&mut enc, path, level, nar_size, tee);
@@ -373,13 +378,13 @@ fn zstd_into(
     enc.ctx
         .set_parameter(CParameter::ChecksumFlag(false))
         .map_err(zstd_err)?;
-    enc.input.clear();
+    enc.filled = 0;
     let mut frames = Frames {
         enc,
         tee,
         left: nar_size,
     };
-    let written = nix_formats::nar::dump_path(path, &mut frames).map_err(nar_io)?;
+    let written = nix_formats::nar::dump_path_to(path, &mut frames).map_err(nar_io)?;
     frames.emit()?;
     if written != nar_size {
         return Err(io::Error::other(format!(
@@ -390,9 +395,10 @@ fn zstd_into(
 }
 
 /// Gathers the archive into frames of [`ZSTD_FRAME`] bytes and passes each on
-/// compressed (its header records its size). More archive bytes than the path's
-/// NarSize fail the write, so a path that changed on disk never streams on past its
-/// recorded size.
+/// compressed (its header records its size). The contents of regular files are read
+/// straight into the frame (no copy through the archive writer's buffer). More archive
+/// bytes than the path's NarSize fail the write, so a path that changed on disk never
+/// streams on past its recorded size.
 struct Frames<'a> {
     enc: &'a mut ZstdEncoder,
     tee: &'a mut Tee,
@@ -403,42 +409,84 @@ impl Frames<'_> {
     /// Compresses what is gathered as one frame and passes it on.
     fn emit(&mut self) -> io::Result<()> {
         let enc = &mut *self.enc;
-        if enc.input.is_empty() {
+        if enc.filled == 0 {
             return Ok(());
         }
+        let input = &enc.input[..enc.filled];
         enc.output.clear();
         enc.output
-            .reserve(zstd::zstd_safe::compress_bound(enc.input.len()));
+            .reserve(zstd::zstd_safe::compress_bound(input.len()));
         enc.ctx
-            .compress2(&mut enc.output, &enc.input)
+            .compress2(&mut enc.output, input)
             .map_err(zstd_err)?;
-        enc.input.clear();
+        enc.filled = 0;
         self.tee.write_all(&enc.output)
+    }
+
+    /// Counts `n` more archive bytes against the NarSize.
+    fn take(&mut self, n: u64) -> io::Result<()> {
+        if n > self.left {
+            return Err(io::Error::other(
+                "the archive is longer than the path's recorded NarSize",
+            ));
+        }
+        self.left -= n;
+        Ok(())
     }
 }
 
 impl Write for Frames<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if data.len() as u64 > self.left {
-            return Err(io::Error::other(
-                "the archive is longer than the path's recorded NarSize",
-            ));
-        }
-        self.left -= data.len() as u64;
+        self.take(data.len() as u64)?;
         let mut rest = data;
         while !rest.is_empty() {
-            let room = ZSTD_FRAME - self.enc.input.len();
-            let (now, later) = rest.split_at(room.min(rest.len()));
-            self.enc.input.extend_from_slice(now);
-            if self.enc.input.len() == ZSTD_FRAME {
+            let enc = &mut *self.enc;
+            let n = (ZSTD_FRAME - enc.filled).min(rest.len());
+            enc.input[enc.filled..enc.filled + n].copy_from_slice(&rest[..n]);
+            enc.filled += n;
+            if enc.filled == ZSTD_FRAME {
                 self.emit()?;
             }
-            rest = later;
+            rest = &rest[n..];
         }
         Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl nix_formats::nar::NarOutput for Frames<'_> {
+    fn takes_contents(&self, _size: u64) -> bool {
+        true
+    }
+
+    fn file_contents(&mut self, mut file: File, size: u64) -> io::Result<Option<File>> {
+        self.take(size)?;
+        let mut remaining = size;
+        while remaining > 0 {
+            let enc = &mut *self.enc;
+            let room =
+                (ZSTD_FRAME - enc.filled).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let n = match file.read(&mut enc.input[enc.filled..enc.filled + room]) {
+                Ok(0) => {
+                    // The length is out already; going on would make a corrupt archive.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a file shrank while it was being archived",
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            enc.filled += n;
+            remaining -= n as u64;
+            if enc.filled == ZSTD_FRAME {
+                self.emit()?;
+            }
+        }
+        Ok(None)
     }
 }
 

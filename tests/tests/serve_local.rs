@@ -642,6 +642,12 @@ fn error_cases() {
         assert_eq!(r.status, 200);
         assert!(r.body.is_err(), "a truncated NAR must not end cleanly");
     }
+    // The same through the zstd encoder, which reads files its own way.
+    let zstd = [("accept-encoding", "zstd")];
+    if let Ok(r) = http.try_req(reqwest::Method::GET, &nar_url, &zstd) {
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_err(), "a truncated zstd NAR must not end cleanly");
+    }
 
     // A path that vanished between narinfo and NAR: 404 before any body byte.
     let real = fx.src.real(path);

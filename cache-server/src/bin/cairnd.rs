@@ -70,7 +70,7 @@ struct ServeArgs {
     /// xz preset for on-the-fly compression, 0-9. [default: 2]
     #[arg(long)]
     xz_level: Option<u32>,
-    /// Most compressions at once. [default: number of CPUs]
+    /// Most compressions at once. [default: number of CPUs plus one]
     #[arg(long)]
     max_encoders: Option<usize>,
     /// Bytes of compressed NAR variants kept on disk; 0 disables. [default: 1073741824]
