@@ -284,15 +284,18 @@ async fn put_nar(client: &reqwest::Client, base: &str, nar: &[u8]) -> Result<u16
 
 /// Runs the cluster measurements with the upload side's context and the miss workload.
 /// How long after many files were deleted the pushes wait (see [`settle_deletions`]).
-const DELETION_WINDOW: Duration = Duration::from_secs(36);
+const DELETION_WINDOW: Duration = Duration::from_secs(100);
 
 /// Waits until [`DELETION_WINDOW`] has passed since `deleted`. On ext4 without a journal
 /// (this benchmark machine's root file system), allocating an inode skips, one inode
-/// table read at a time, every inode freed in the last 30–35 s; thousands of blob
-/// files deleted just before a push make each file it creates cost a scan. Left alone,
-/// that charged whichever push followed a deletion (the cluster's, after the previous
-/// run's three data directories were removed), not the server being measured. Both
-/// pushes of a repetition start outside the window.
+/// table read at a time, every inode freed recently; after a few thousand deletions,
+/// creating a file in that part of the disk stays 5–30× slower for about 95 s here
+/// (measured: 600–1000 µs a file, then 70–130 µs), well past the 30–35 s the kernel
+/// source suggests. Left alone, that charged whichever push followed a deletion (the
+/// earlier runs' data directories, the previous repetition's GC), and the cluster's
+/// most, which creates three files per blob. Both pushes of a repetition start
+/// outside the window. (A probe creating files of its own cannot tell when it is over:
+/// the inodes it gets come from other parts of the inode table.)
 async fn settle_deletions(deleted: Instant) {
     let left = DELETION_WINDOW.saturating_sub(deleted.elapsed());
     if !left.is_zero() {
@@ -544,11 +547,13 @@ pub fn render(r: &ClusterResults) -> String {
          itself) (default Raft timing: heartbeat 250 ms, elections \
          1–2 s) beside one single `cairnd` (the default: a cluster of one, no peers), same \
          machine, same corpus; medians of {} \
-         runs, every run listed. Each repetition's two pushes start at least 36 s after \
+         runs, every run listed. Each repetition's two pushes start at least 100 s after \
          the last mass deletion of files (earlier data directories, the GC step): this \
          machine's root file system is ext4 without a journal, whose inode allocator \
-         skips every inode freed in the last 30–35 s one table read at a time, which \
-         would charge the deletions to whichever push came next.\n",
+         skips recently freed inodes one table read at a time, which here makes file \
+         creation 5–30× slower for about 95 s after a few thousand deletions and would \
+         charge the deletions to whichever push came next (the cluster's most: it \
+         creates three files per blob).\n",
         r.push_single.len()
     );
     let _ = writeln!(w, "| measure | result | target | |\n|---|---|---|---|");
