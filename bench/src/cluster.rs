@@ -282,7 +282,6 @@ async fn put_nar(client: &reqwest::Client, base: &str, nar: &[u8]) -> Result<u16
         .as_u16())
 }
 
-/// Runs the cluster measurements with the upload side's context and the miss workload.
 /// How long after many files were deleted the pushes wait (see [`settle_deletions`]).
 const DELETION_WINDOW: Duration = Duration::from_secs(100);
 
@@ -318,6 +317,7 @@ fn remove_earlier_runs(ctx: &Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Runs the cluster measurements with the upload side's context and the miss workload.
 pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
     let client = crate::narpass::client()?;
     let mut r = ClusterResults::default();

@@ -423,32 +423,44 @@ impl Frames<'_> {
         self.tee.write_all(&enc.output)
     }
 
-    /// Counts `n` more archive bytes against the NarSize.
-    fn take(&mut self, n: u64) -> io::Result<()> {
-        if n > self.left {
+    /// Appends `len` more archive bytes, which `put` writes in place one piece at a
+    /// time (each piece the room left in the frame, or what remains), and emits every
+    /// frame that fills up. Past the NarSize it fails before anything is gathered.
+    fn gather(
+        &mut self,
+        len: u64,
+        mut put: impl FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len > self.left {
             return Err(io::Error::other(
                 "the archive is longer than the path's recorded NarSize",
             ));
         }
-        self.left -= n;
+        self.left -= len;
+        let mut remaining = len;
+        while remaining > 0 {
+            let enc = &mut *self.enc;
+            let n = (ZSTD_FRAME - enc.filled).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            put(&mut enc.input[enc.filled..enc.filled + n])?;
+            enc.filled += n;
+            remaining -= n as u64;
+            if enc.filled == ZSTD_FRAME {
+                self.emit()?;
+            }
+        }
         Ok(())
     }
 }
 
 impl Write for Frames<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.take(data.len() as u64)?;
         let mut rest = data;
-        while !rest.is_empty() {
-            let enc = &mut *self.enc;
-            let n = (ZSTD_FRAME - enc.filled).min(rest.len());
-            enc.input[enc.filled..enc.filled + n].copy_from_slice(&rest[..n]);
-            enc.filled += n;
-            if enc.filled == ZSTD_FRAME {
-                self.emit()?;
-            }
-            rest = &rest[n..];
-        }
+        self.gather(data.len() as u64, |piece| {
+            let (now, later) = rest.split_at(piece.len());
+            piece.copy_from_slice(now);
+            rest = later;
+            Ok(())
+        })?;
         Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -462,38 +474,20 @@ impl nix_formats::nar::NarOutput for Frames<'_> {
     }
 
     fn file_contents(&mut self, mut file: File, size: u64) -> io::Result<Option<File>> {
-        self.take(size)?;
-        let mut remaining = size;
-        while remaining > 0 {
-            let enc = &mut *self.enc;
-            let room =
-                (ZSTD_FRAME - enc.filled).min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            let n = match file.read(&mut enc.input[enc.filled..enc.filled + room]) {
-                Ok(0) => {
-                    // The length is out already; going on would make a corrupt archive.
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "a file shrank while it was being archived",
-                    ));
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            enc.filled += n;
-            remaining -= n as u64;
-            if enc.filled == ZSTD_FRAME {
-                self.emit()?;
-            }
-        }
+        self.gather(size, |piece| {
+            file.read_exact(piece).map_err(|e| match e.kind() {
+                // The length is out already; going on would make a corrupt archive.
+                io::ErrorKind::UnexpectedEof => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a file shrank while it was being archived",
+                ),
+                _ => e,
+            })
+        })?;
         Ok(None)
     }
 }
 
-/// Streams `len` bytes of a file already in its final form (a cached variant, a stored
-/// blob) from `start` on, read on the blocking pool straight into the chunks that go
-/// out: one blocking task per response rather than one per read. A file that ends
-/// early aborts the connection.
 /// What a whole-file stream checks before its last chunk goes out: the bytes must hash
 /// to `expected`, else the connection is aborted (the client never sees a clean end of
 /// bad bytes) and `on_mismatch` runs.
@@ -504,6 +498,10 @@ pub struct Verify {
     pub on_mismatch: Box<dyn FnOnce() + Send>,
 }
 
+/// Streams `len` bytes of a file already in its final form (a cached variant, a stored
+/// blob) from `start` on, read on the blocking pool straight into the chunks that go
+/// out: one blocking task per response rather than one per read. A file that ends
+/// early aborts the connection.
 pub fn spawn_file(
     mut file: std::fs::File,
     start: u64,
