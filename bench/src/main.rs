@@ -476,9 +476,10 @@ async fn bench(args: Args) -> Result<()> {
 
 fn report_pass(p: &PassSample) {
     step(format!(
-        "  {:.2} s, server {:.2} CPU-s, {:.0} MB/s of NAR, wire ratio {:.3}",
+        "  {:.2} s, server {:.2} CPU-s, client {:.2} CPU-s, {:.0} MB/s of NAR, wire ratio {:.3}",
         p.wall.as_secs_f64(),
         p.server_cpu_s,
+        p.client_cpu_s,
         p.nar_throughput() / 1e6,
         p.wire_ratio()
     ));

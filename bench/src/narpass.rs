@@ -32,6 +32,8 @@ pub enum Ask {
 pub struct PassSample {
     pub wall: Duration,
     pub server_cpu_s: f64,
+    /// CPU seconds of this client process over the same interval.
+    pub client_cpu_s: f64,
     /// Sum of NarSize.
     pub nar_bytes: u64,
     /// Body bytes received for the NARs (narinfos not counted).
@@ -85,6 +87,7 @@ pub async fn run(
 ) -> Result<PassSample> {
     let base = server.base_url.clone();
     let cpu_before = server.cpu_seconds()?;
+    let client_before = crate::procs::own_cpu_seconds()?;
     let start = Instant::now();
 
     let infos: Vec<NarInfo> = stream::iter(hashes)
@@ -100,11 +103,13 @@ pub async fn run(
 
     let wall = start.elapsed();
     let server_cpu_s = server.cpu_seconds()? - cpu_before;
+    let client_cpu_s = crate::procs::own_cpu_seconds()? - client_before;
     server.check_alive()?;
 
     let sample = PassSample {
         wall,
         server_cpu_s,
+        client_cpu_s,
         nar_bytes: bodies.iter().map(|b| b.info.nar_size).sum(),
         wire_bytes: bodies
             .iter()

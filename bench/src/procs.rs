@@ -222,6 +222,12 @@ fn forget_pid(pid_file: &Path, pid: u32) {
 
 /// utime + stime (in clock ticks) from `/proc/PID/stat`; the command name in field 2
 /// may hold spaces and parentheses, so fields are counted from the last `)`.
+/// CPU seconds (user + system) this benchmark process has used so far.
+pub fn own_cpu_seconds() -> Result<f64> {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    Ok(cpu_ticks(std::process::id())? as f64 / ticks)
+}
+
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("malformed stat")? + 1..];
