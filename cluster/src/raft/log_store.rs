@@ -7,7 +7,13 @@
 //!
 //! Every write is one redb transaction committed durably (fsynced) before the method
 //! returns, so the flush callback of `append` is called right after the commit, and
-//! writes are serialised because openraft awaits each one before the next.
+//! writes are serialised because openraft awaits each one before the next. The one
+//! exception is the committed log id: openraft saves it each time the commit index
+//! moves (on every node, for every batch) only so that a restart can apply committed
+//! entries before hearing from a leader. Any value it once had is a safe one to
+//! restart from, so it is committed without an fsync and reaches the disk with the next
+//! durable write (an append, a vote); a crash in between leaves an older committed id,
+//! and the entries after it are re-committed by the leader as usual.
 
 use std::fmt;
 use std::fmt::Debug;
@@ -18,7 +24,7 @@ use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Entry, LogId, TypeConfig, Vote};
 use crate::error::{blocking, decode, encode, RaftStoreError};
@@ -95,15 +101,20 @@ impl LogStore {
         }
     }
 
+    /// Stores `value` under `key`; fsynced before returning when `durable`.
     async fn put_meta<T: serde::Serialize>(
         &self,
         key: &'static str,
         value: &T,
+        durable: bool,
     ) -> Result<(), RaftStoreError> {
         let bytes = encode(key, value)?;
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write()?;
+            let mut tx = db.begin_write()?;
+            if !durable {
+                tx.set_durability(Durability::None)?;
+            }
             tx.open_table(LOG_META)?.insert(key, bytes.as_slice())?;
             tx.commit()?;
             Ok(())
@@ -199,11 +210,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        Ok(self.put_meta(VOTE_KEY, vote).await?)
+        Ok(self.put_meta(VOTE_KEY, vote, true).await?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        Ok(self.put_meta(COMMITTED_KEY, &committed).await?)
+        Ok(self.put_meta(COMMITTED_KEY, &committed, false).await?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
