@@ -16,7 +16,7 @@ use cluster::net::{SnapshotHead, HEADER_CLUSTER, HEADER_TARGET};
 use cluster::node::{Adopt, ForwardedWriteError, MembershipChange, ReadIndex};
 use cluster::raft::{AppendRequest, Snapshot, SnapshotFile, VoteRequest};
 use nix_formats::Hash;
-use store::blobs::{Compression, ExpectedNar};
+use store::blobs::{AfterStore, Compression, ExpectedNar};
 
 use crate::error::ServerError;
 use crate::replication::{HEADER_COMPRESSION, HEADER_NAR_HASH, HEADER_NAR_SIZE};
@@ -258,6 +258,7 @@ async fn put_blob(
                     nar_size,
                 },
                 max,
+                AfterStore::DropCached,
             )
             .map_err(crate::upload::blob_error)
     })

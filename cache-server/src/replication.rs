@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::Body;
 use nix_formats::Hash;
 use reqwest::Method;
-use store::blobs::ExpectedNar;
+use store::blobs::{AfterStore, ExpectedNar};
 use store::meta::{BlobRecord, PathRecord, TokenRecord};
 
 use cluster::command::{BlobEntry, Command, NodeId, Rejection};
@@ -490,6 +490,7 @@ async fn fetch_from(
                     nar_size: blob.nar_size,
                 },
                 blob.file_size,
+                AfterStore::KeepCached,
             )
             .map(|_| ())
             .map_err(|e| ServerError::Rejected(e.to_string()))

@@ -119,6 +119,19 @@ pub enum BlobError {
     NarMismatch(String),
 }
 
+/// What happens to a replica's pages once it is stored and fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterStore {
+    /// They stay in the page cache: the copy is about to be read here (fetched to serve
+    /// a request for it).
+    KeepCached,
+    /// They leave it: the copy was pushed here by the node that took the upload and
+    /// nobody has asked this node for it. Its clean pages are reused by the next copy
+    /// instead of pushing out what this node serves (a no-op on ZFS, whose ARC does not
+    /// take the hint).
+    DropCached,
+}
+
 /// The archive an upload must contain, when the uploader declared it up front: checked
 /// before the blob is placed, so a mismatch leaves nothing behind.
 #[derive(Debug, Clone, Copy)]
@@ -312,6 +325,7 @@ impl BlobStore {
     /// form), so a copy that hashes right holds it too, and decompressing it again
     /// would only repeat that work on every node. Any change to the bytes on the way or
     /// on the sender's disk changes the hash and is refused.
+    /// `after` says whether its pages stay in the page cache.
     pub fn ingest_replica(
         &self,
         body: impl Read,
@@ -319,8 +333,17 @@ impl BlobStore {
         file_hash: &Hash,
         expected: ExpectedNar<'_>,
         max_bytes: u64,
+        after: AfterStore,
     ) -> Result<Ingested, BlobError> {
-        ingest::copy(self, body, compression, file_hash, expected, max_bytes)
+        ingest::copy(
+            self,
+            body,
+            compression,
+            file_hash,
+            expected,
+            max_bytes,
+            after,
+        )
     }
 
     /// Verifies a file assembled elsewhere on this disk (the parts of a resumable

@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use common::{blob_files, compress, fixture_nar, noise, staging_files, COMPRESSED};
 use nix_formats::Hash;
 use proptest::prelude::*;
-use store::blobs::{BlobError, BlobStore, Compression, Ingested};
+use store::blobs::{AfterStore, BlobError, BlobStore, Compression, Ingested};
 
 const MAX: u64 = 1 << 30;
 
@@ -364,7 +364,14 @@ fn a_replica_is_stored_when_its_bytes_hash_right_and_refused_otherwise() {
         ("an extra byte", &longer[..]),
     ] {
         let err = store
-            .ingest_replica(bad, Compression::Zstd, &file_hash, expected(), MAX)
+            .ingest_replica(
+                bad,
+                Compression::Zstd,
+                &file_hash,
+                expected(),
+                MAX,
+                AfterStore::KeepCached,
+            )
             .expect_err(what);
         match err {
             BlobError::FileHashMismatch { expected, actual } => {
@@ -377,7 +384,14 @@ fn a_replica_is_stored_when_its_bytes_hash_right_and_refused_otherwise() {
     }
 
     let got = store
-        .ingest_replica(&body[..], Compression::Zstd, &file_hash, expected(), MAX)
+        .ingest_replica(
+            &body[..],
+            Compression::Zstd,
+            &file_hash,
+            expected(),
+            MAX,
+            AfterStore::DropCached,
+        )
         .unwrap();
     assert_eq!(
         got,
@@ -393,7 +407,14 @@ fn a_replica_is_stored_when_its_bytes_hash_right_and_refused_otherwise() {
     assert!(staging_files(&store).is_empty());
     // The cap holds for copies too.
     let err = store
-        .ingest_replica(&body[..], Compression::Zstd, &file_hash, expected(), 100)
+        .ingest_replica(
+            &body[..],
+            Compression::Zstd,
+            &file_hash,
+            expected(),
+            100,
+            AfterStore::KeepCached,
+        )
         .unwrap_err();
     assert!(matches!(err, BlobError::TooLarge { max: 100 }), "{err:?}");
 }

@@ -28,7 +28,7 @@ use nix_formats::nar::{self, NarReadError, NarSummary};
 use nix_formats::{Hash, Sha256Hasher};
 use tempfile::NamedTempFile;
 
-use super::{BlobError, BlobStore, Compression, ExpectedNar, Ingested};
+use super::{AfterStore, BlobError, BlobStore, Compression, ExpectedNar, Ingested};
 
 /// Write buffer of the staging file: body chunks arrive in whatever sizes the network
 /// delivers; the disk sees large writes.
@@ -129,6 +129,7 @@ pub(super) fn copy(
     file_hash: &Hash,
     expected: ExpectedNar<'_>,
     max_bytes: u64,
+    after: AfterStore,
 ) -> Result<Ingested, BlobError> {
     let staging = staging_file(store, "copy-")?;
     let ((), file_hash, file_size) = receive(
@@ -139,10 +140,10 @@ pub(super) fn copy(
         max_bytes,
         |intake| intake.drain(),
     )?;
-    // A replica was not asked for here: its pages, clean once fsynced, leave the page
-    // cache at once instead of pushing out what this node serves (a no-op where the
-    // filesystem keeps its own cache, as ZFS does). The freed pages take the next copy.
-    let _ = rustix::fs::fadvise(staging.as_file(), 0, None, rustix::fs::Advice::DontNeed);
+    if after == AfterStore::DropCached {
+        // Only a hint: the pages are clean now, and keeping them is never wrong.
+        let _ = rustix::fs::fadvise(staging.as_file(), 0, None, rustix::fs::Advice::DontNeed);
+    }
     place(store, staging, &file_hash, file_size)?;
     Ok(Ingested {
         file_hash,
