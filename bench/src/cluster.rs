@@ -391,7 +391,7 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
             (ctx.hits, &mut r.hits_leader, &mut r.hits_follower),
             (misses, &mut r.misses_leader, &mut r.misses_follower),
         ] {
-            step(format!("  {}s on the leader (node {leader})", load.name));
+            step(format!("  {} on the leader (node {leader})", load.name));
             let l = wrk::run(
                 ctx.wrk,
                 ctx.script,
@@ -399,7 +399,7 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
                 load,
             )
             .await?;
-            step(format!("  {}s on a follower (node {follower})", load.name));
+            step(format!("  {} on a follower (node {follower})", load.name));
             let f = wrk::run(
                 ctx.wrk,
                 ctx.script,
@@ -532,8 +532,11 @@ pub fn render(r: &ClusterResults) -> String {
     let ok = |b: bool| if b { "✔" } else { "✘" };
     // Ratios are taken run by run (the two sides of a run share the machine's state at
     // that moment), then their median.
-    let paired =
-        |a: &[f64], b: &[f64]| median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>());
+    // Shown rounded down, so a ratio printed as meeting its target does meet it.
+    let paired = |a: &[f64], b: &[f64]| {
+        let r = median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>());
+        (r * 100.0).floor() / 100.0
+    };
     let push_ratio = paired(&r.push_single, &r.push_cluster);
     let repl = median(&r.replicated);
     let hits = paired(&rates(&r.hits_follower), &rates(&r.hits_leader));
