@@ -342,10 +342,6 @@ fn hook_latency(ctx: &Ctx<'_>) -> Result<Vec<f64>> {
 "#
         ),
     )?;
-    // What the sections before this one wrote goes to the disk first: each hook call
-    // fsyncs one small file, and the disk's cache flush that ends an fsync waits for
-    // whatever else is in that cache (gigabytes, after the upload passes).
-    rustix::fs::sync();
     let mut cmd = setup::nix(ctx.conf_dir, "nix-build");
     cmd.arg(&expr)
         .arg("--no-out-link")
