@@ -11,9 +11,10 @@
 //! exception is the committed log id: openraft saves it each time the commit index
 //! moves (on every node, for every batch) only so that a restart can apply committed
 //! entries before hearing from a leader. Any value it once had is a safe one to
-//! restart from, so it is committed without an fsync and reaches the disk with the next
-//! durable write (an append, a vote); a crash in between leaves an older committed id,
-//! and the entries after it are re-committed by the leader as usual.
+//! restart from, so it is kept in memory and written by the next durable write (an
+//! append, a vote) in that write's transaction: no transaction of its own. A crash
+//! before then leaves an older committed id, and the leader commits the entries after
+//! it again as usual.
 
 use std::fmt;
 use std::fmt::Debug;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Entry, LogId, TypeConfig, Vote};
 use crate::error::{blocking, decode, encode, RaftStoreError};
@@ -45,6 +46,48 @@ pub const LOG_SCHEMA_VERSION: u64 = 1;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    committed: Arc<CommittedCell>,
+}
+
+/// The committed id waiting for a durable write; the last clone of the store to go
+/// writes it if none came (a clean shutdown keeps it).
+struct CommittedCell {
+    db: Arc<Database>,
+    state: parking_lot::Mutex<Committed>,
+}
+
+impl Drop for CommittedCell {
+    fn drop(&mut self) {
+        let write = |db: &Database, bytes: &[u8]| -> Result<(), RaftStoreError> {
+            let tx = db.begin_write()?;
+            tx.open_table(LOG_META)?.insert(COMMITTED_KEY, bytes)?;
+            tx.commit()?;
+            Ok(())
+        };
+        if let Ok(Some(bytes)) = self.state.get_mut().take_unwritten() {
+            if let Err(e) = write(&self.db, &bytes) {
+                tracing::warn!(error = %e, "could not write the committed log id on close");
+            }
+        }
+    }
+}
+
+/// The committed log id as openraft last saved it, and whether the file has it yet.
+#[derive(Default)]
+struct Committed {
+    latest: Option<Option<LogId>>,
+    unwritten: bool,
+}
+
+impl Committed {
+    /// The encoded id to write with the next durable transaction, if the file lacks it.
+    fn take_unwritten(&mut self) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        if !self.unwritten {
+            return Ok(None);
+        }
+        self.unwritten = false;
+        Ok(Some(encode(COMMITTED_KEY, &self.latest.flatten())?))
+    }
 }
 
 impl fmt::Debug for LogStore {
@@ -86,7 +129,14 @@ impl LogStore {
             tx.open_table(LOG)?;
         }
         tx.commit()?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        Ok(LogStore {
+            committed: Arc::new(CommittedCell {
+                db: db.clone(),
+                state: parking_lot::Mutex::default(),
+            }),
+            db,
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -101,21 +151,24 @@ impl LogStore {
         }
     }
 
-    /// Stores `value` under `key`; fsynced before returning when `durable`.
+    /// Stores `value` under `key`, fsynced before returning.
     async fn put_meta<T: serde::Serialize>(
         &self,
         key: &'static str,
         value: &T,
-        durable: bool,
     ) -> Result<(), RaftStoreError> {
         let bytes = encode(key, value)?;
+        let committed = self.committed.state.lock().take_unwritten()?;
         let db = self.db.clone();
         blocking(move || {
-            let mut tx = db.begin_write()?;
-            if !durable {
-                tx.set_durability(Durability::None)?;
+            let tx = db.begin_write()?;
+            {
+                let mut meta = tx.open_table(LOG_META)?;
+                meta.insert(key, bytes.as_slice())?;
+                if let Some(c) = &committed {
+                    meta.insert(COMMITTED_KEY, c.as_slice())?;
+                }
             }
-            tx.open_table(LOG_META)?.insert(key, bytes.as_slice())?;
             tx.commit()?;
             Ok(())
         })
@@ -210,14 +263,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        Ok(self.put_meta(VOTE_KEY, vote, true).await?)
+        Ok(self.put_meta(VOTE_KEY, vote).await?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        Ok(self.put_meta(COMMITTED_KEY, &committed, false).await?)
+        let mut c = self.committed.state.lock();
+        c.latest = Some(committed);
+        c.unwritten = true;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(latest) = self.committed.state.lock().latest {
+            return Ok(latest);
+        }
         let db = self.db.clone();
         let c: Option<Option<LogId>> =
             blocking(move || LogStore::get_meta(&db, COMMITTED_KEY)).await?;
@@ -237,6 +296,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             encoded.push((e.log_id.index, encode("log entry", &e)?));
         }
+        let committed = self.committed.state.lock().take_unwritten()?;
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write()?;
@@ -245,6 +305,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for (index, bytes) in &encoded {
                     table.insert(*index, bytes.as_slice())?;
                 }
+            }
+            if let Some(c) = &committed {
+                tx.open_table(LOG_META)?
+                    .insert(COMMITTED_KEY, c.as_slice())?;
             }
             tx.commit()?;
             Ok(())
