@@ -121,13 +121,12 @@ impl Server {
     /// utime + stime of the server so far, in seconds (all threads; for nginx, the master
     /// and its workers).
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let ticks = rustix::param::clock_ticks_per_second() as f64;
         let mut sum = 0u64;
         for pid in self.pids() {
             sum += cpu_ticks(pid)
                 .with_context(|| format!("reading the CPU time of {} (pid {pid})", self.name))?;
         }
-        Ok(sum as f64 / ticks)
+        Ok(ticks_to_seconds(sum))
     }
 
     /// Peak resident set size (VmHWM) in bytes, of the main process.
@@ -220,14 +219,17 @@ fn forget_pid(pid_file: &Path, pid: u32) {
     }
 }
 
-/// utime + stime (in clock ticks) from `/proc/PID/stat`; the command name in field 2
-/// may hold spaces and parentheses, so fields are counted from the last `)`.
 /// CPU seconds (user + system) this benchmark process has used so far.
 pub fn own_cpu_seconds() -> Result<f64> {
-    let ticks = rustix::param::clock_ticks_per_second() as f64;
-    Ok(cpu_ticks(std::process::id())? as f64 / ticks)
+    Ok(ticks_to_seconds(cpu_ticks(std::process::id())?))
 }
 
+fn ticks_to_seconds(ticks: u64) -> f64 {
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// utime + stime (in clock ticks) from `/proc/PID/stat`; the command name in field 2
+/// may hold spaces and parentheses, so fields are counted from the last `)`.
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("malformed stat")? + 1..];
