@@ -58,14 +58,8 @@ struct CommittedCell {
 
 impl Drop for CommittedCell {
     fn drop(&mut self) {
-        let write = |db: &Database, bytes: &[u8]| -> Result<(), RaftStoreError> {
-            let tx = db.begin_write()?;
-            tx.open_table(LOG_META)?.insert(COMMITTED_KEY, bytes)?;
-            tx.commit()?;
-            Ok(())
-        };
         if let Ok(Some(bytes)) = self.state.get_mut().take_unwritten() {
-            if let Err(e) = write(&self.db, &bytes) {
+            if let Err(e) = write_meta(&self.db, &[(COMMITTED_KEY, &bytes)]) {
                 tracing::warn!(error = %e, "could not write the committed log id on close");
             }
         }
@@ -88,6 +82,19 @@ impl Committed {
         self.unwritten = false;
         Ok(Some(encode(COMMITTED_KEY, &self.latest.flatten())?))
     }
+}
+
+/// Writes `entries` into the meta table in one durable transaction.
+fn write_meta(db: &Database, entries: &[(&str, &[u8])]) -> Result<(), RaftStoreError> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(LOG_META)?;
+        for (key, bytes) in entries {
+            meta.insert(*key, *bytes)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 impl fmt::Debug for LogStore {
@@ -160,17 +167,9 @@ impl LogStore {
         let bytes = encode(key, value)?;
         let committed = self.committed.state.lock().take_unwritten()?;
         let db = self.db.clone();
-        blocking(move || {
-            let tx = db.begin_write()?;
-            {
-                let mut meta = tx.open_table(LOG_META)?;
-                meta.insert(key, bytes.as_slice())?;
-                if let Some(c) = &committed {
-                    meta.insert(COMMITTED_KEY, c.as_slice())?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
+        blocking(move || match &committed {
+            Some(c) => write_meta(&db, &[(key, &bytes), (COMMITTED_KEY, c)]),
+            None => write_meta(&db, &[(key, &bytes)]),
         })
         .await
     }
