@@ -13,6 +13,7 @@
 //! in flight of another live process.
 
 mod ingest;
+mod staging;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -125,10 +126,11 @@ pub enum AfterStore {
     /// They stay in the page cache: the copy is about to be read here (fetched to serve
     /// a request for it).
     KeepCached,
-    /// They leave it: the copy was pushed here by the node that took the upload and
-    /// nobody has asked this node for it. Its clean pages are reused by the next copy
-    /// instead of pushing out what this node serves (a no-op on ZFS, whose ARC does not
-    /// take the hint).
+    /// They never enter it: the copy was pushed here by the node that took the upload
+    /// and nobody has asked this node for it. It is written with `O_DIRECT` where the
+    /// filesystem allows (no copy into the page cache, no writeback of it; ZFS before
+    /// 2.3 takes the flag and buffers anyway), and whatever pages it has are dropped
+    /// after the fsync, so it does not push out what this node serves.
     DropCached,
 }
 

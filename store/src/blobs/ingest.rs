@@ -22,17 +22,17 @@
 //! drop removes it: every early return cleans up.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 
 use nix_formats::nar::{self, NarReadError, NarSummary};
 use nix_formats::{Hash, Sha256Hasher};
 use tempfile::NamedTempFile;
 
+use super::staging::Staging;
 use super::{AfterStore, BlobError, BlobStore, Compression, ExpectedNar, Ingested};
 
-/// Write buffer of the staging file: body chunks arrive in whatever sizes the network
-/// delivers; the disk sees large writes.
-const STAGING_BUFFER: usize = 256 * 1024;
+/// Read buffer of a copy, which is only hashed and stored.
+const COPY_BUFFER: usize = 256 * 1024;
 
 /// How often (in compressed bytes received) free space is checked against the reserve,
 /// so an upload without a declared length cannot eat into it either. A `statvfs` per
@@ -54,7 +54,7 @@ pub(super) fn ingest(
     let staging = staging_file(store, "upload-")?;
     let (summary, file_hash, file_size) = receive(
         store,
-        Some(staging.as_file()),
+        Some(Staging::buffered(staging.as_file())),
         body,
         expected_file_hash,
         max_bytes,
@@ -132,9 +132,13 @@ pub(super) fn copy(
     after: AfterStore,
 ) -> Result<Ingested, BlobError> {
     let staging = staging_file(store, "copy-")?;
+    let writer = match after {
+        AfterStore::KeepCached => Staging::buffered(staging.as_file()),
+        AfterStore::DropCached => Staging::around_cache(staging.as_file()),
+    };
     let ((), file_hash, file_size) = receive(
         store,
-        Some(staging.as_file()),
+        Some(writer),
         body,
         Some(file_hash),
         max_bytes,
@@ -178,13 +182,13 @@ fn check_nar(summary: &NarSummary, expected: Option<ExpectedNar<'_>>) -> Result<
 /// being adopted is only read), with `read` consuming it to its end ([`read_archive`]
 /// for an archive, [`Intake::drain`] for bytes only hashed), and makes the staging file
 /// durable. Returns what `read` found, FileHash and FileSize.
-fn receive<R: Read, T>(
-    store: &BlobStore,
-    staging: Option<&File>,
+fn receive<'a, R: Read, T>(
+    store: &'a BlobStore,
+    staging: Option<Staging<'a>>,
     body: R,
     expected_file_hash: Option<&Hash>,
     max_bytes: u64,
-    read: impl FnOnce(&mut Intake<'_, R>) -> Result<T, BlobError>,
+    read: impl FnOnce(&mut Intake<'a, R>) -> Result<T, BlobError>,
 ) -> Result<(T, Hash, u64), BlobError> {
     let mut intake = Intake::new(store, body, staging, max_bytes);
     let found = read(&mut intake)?;
@@ -199,8 +203,8 @@ fn receive<R: Read, T>(
     }
     if let Some(writer) = writer {
         writer
-            .into_inner()
-            .map_err(|e| store.write_error(e.into_error(), file_size))?
+            .finish()
+            .map_err(|e| store.write_error(e, file_size))?
             .sync_all()
             .map_err(|e| store.write_error(e, file_size))?;
     }
@@ -300,7 +304,7 @@ struct Intake<'a, R> {
     store: &'a BlobStore,
     body: R,
     /// `None` when the body is already on disk (an adopted file).
-    staging: Option<BufWriter<&'a File>>,
+    staging: Option<Staging<'a>>,
     hasher: Sha256Hasher,
     received: u64,
     max_bytes: u64,
@@ -310,11 +314,11 @@ struct Intake<'a, R> {
 }
 
 impl<'a, R: Read> Intake<'a, R> {
-    fn new(store: &'a BlobStore, body: R, staging: Option<&'a File>, max_bytes: u64) -> Self {
+    fn new(store: &'a BlobStore, body: R, staging: Option<Staging<'a>>, max_bytes: u64) -> Self {
         Intake {
             store,
             body,
-            staging: staging.map(|f| BufWriter::with_capacity(STAGING_BUFFER, f)),
+            staging,
             hasher: Sha256Hasher::new(),
             received: 0,
             max_bytes,
@@ -324,7 +328,7 @@ impl<'a, R: Read> Intake<'a, R> {
     }
 
     /// FileHash, FileSize and the (not yet flushed) staging writer.
-    fn finish(self) -> (Hash, u64, Option<BufWriter<&'a File>>) {
+    fn finish(self) -> (Hash, u64, Option<Staging<'a>>) {
         (self.hasher.finish(), self.received, self.staging)
     }
 
@@ -335,7 +339,7 @@ impl<'a, R: Read> Intake<'a, R> {
 
     /// Reads the body to its end (staging and hashing it) without looking inside.
     fn drain(&mut self) -> Result<(), BlobError> {
-        let mut buf = vec![0u8; STAGING_BUFFER];
+        let mut buf = vec![0u8; COPY_BUFFER];
         loop {
             match self.read(&mut buf) {
                 Ok(0) => return Ok(()),
