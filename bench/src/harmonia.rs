@@ -6,6 +6,13 @@
 //! Harmonia is never built or fetched by the benchmark: it is the operator's own build
 //! (see bench/README.md). It runs on its default configuration (as a runner host has
 //! it), with the benchmark's signing key, serving the same store as cairnd.
+//!
+//! The zstd passes treat both servers alike: each repetition starts a fresh process of
+//! each (cairnd's must be fresh for its variant cache to start cold), and Harmonia then
+//! makes a second pass on the same process, reported beside the first. On this machine a
+//! process's first touch of its memory is expensive (bench/README.md), and Harmonia
+//! touches several times what cairnd does, so a process that served everything before
+//! is a different yardstick from a fresh one; the report shows both.
 
 use std::fs;
 use std::path::Path;
@@ -24,7 +31,11 @@ pub struct HarmoniaRun {
     pub hits: Vec<RateSample>,
     pub misses: Vec<RateSample>,
     pub identity: Vec<PassSample>,
+    /// Each on a fresh process, as cairnd's first-time passes.
     pub zstd: Vec<PassSample>,
+    /// Each right after one of `zstd`, on the same process.
+    pub zstd_again: Vec<PassSample>,
+    /// The largest of its processes'.
     pub peak_rss: u64,
 }
 
@@ -80,6 +91,7 @@ async fn start(i: &Ctx<'_>, binary: &Path) -> Result<Server> {
 pub struct Side {
     pub server: Server,
     pub run: HarmoniaRun,
+    binary: std::path::PathBuf,
 }
 
 impl Side {
@@ -98,9 +110,21 @@ impl Side {
                 misses: Vec::new(),
                 identity: Vec::new(),
                 zstd: Vec::new(),
+                zstd_again: Vec::new(),
                 peak_rss: 0,
             },
+            binary: binary.to_path_buf(),
         })
+    }
+
+    /// Replaces the process with a fresh one (no warm-up, like cairnd's fresh process
+    /// for each zstd repetition), keeping the old one's peak RSS.
+    pub async fn restart(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        let fresh = start(ctx, &self.binary).await?;
+        let old = std::mem::replace(&mut self.server, fresh);
+        self.run.peak_rss = self.run.peak_rss.max(old.peak_rss()?);
+        old.stop();
+        Ok(())
     }
 
     /// One wrk run of `load`, kept with the hits or the misses.
@@ -114,13 +138,21 @@ impl Side {
         Ok(r)
     }
 
-    /// One NAR pass, kept with the identity or the zstd passes.
-    pub async fn pass(&mut self, ctx: &Ctx<'_>, client: &reqwest::Client, ask: Ask) -> Result<()> {
+    /// One NAR pass, kept with the identity or the zstd passes (`again`: a zstd pass
+    /// on a process that has made one already).
+    pub async fn pass(
+        &mut self,
+        ctx: &Ctx<'_>,
+        client: &reqwest::Client,
+        ask: Ask,
+        again: bool,
+    ) -> Result<()> {
         let p = narpass::run(client, &mut self.server, ctx.hashes, ask, ctx.parallel).await?;
         crate::report_pass(&p);
-        match ask {
-            Ask::Plain => self.run.identity.push(p),
-            Ask::Zstd => self.run.zstd.push(p),
+        match (ask, again) {
+            (Ask::Plain, _) => self.run.identity.push(p),
+            (Ask::Zstd, false) => self.run.zstd.push(p),
+            (Ask::Zstd, true) => self.run.zstd_again.push(p),
         }
         Ok(())
     }
@@ -128,7 +160,7 @@ impl Side {
     /// Stops Harmonia; what it measured, with its peak RSS.
     pub fn finish(self) -> Result<HarmoniaRun> {
         let mut run = self.run;
-        run.peak_rss = self.server.peak_rss()?;
+        run.peak_rss = run.peak_rss.max(self.server.peak_rss()?);
         self.server.stop();
         Ok(run)
     }

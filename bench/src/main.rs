@@ -379,7 +379,7 @@ async fn bench(args: Args) -> Result<()> {
         identity.push(p);
         if let Some(h) = &mut harmonia {
             step(format!("identity pass, run {rep}/{}: Harmonia", args.reps));
-            h.pass(&ctx, &client, Ask::Plain).await?;
+            h.pass(&ctx, &client, Ask::Plain, false).await?;
         }
     }
     let mut peak_rss = vec![(
@@ -405,8 +405,17 @@ async fn bench(args: Args) -> Result<()> {
         report_pass(&p);
         nginx_zstd.push(p);
         if let Some(h) = &mut harmonia {
-            step(format!("zstd pass, run {rep}/{}: Harmonia", args.reps));
-            h.pass(&ctx, &client, Ask::Zstd).await?;
+            h.restart(&ctx).await?;
+            step(format!(
+                "zstd pass, run {rep}/{}: Harmonia, fresh",
+                args.reps
+            ));
+            h.pass(&ctx, &client, Ask::Zstd, false).await?;
+            step(format!(
+                "zstd pass, run {rep}/{}: Harmonia, again",
+                args.reps
+            ));
+            h.pass(&ctx, &client, Ask::Zstd, true).await?;
         }
         peak_rss.push((format!("zstd run {rep} (cold + warm)"), fresh.peak_rss()?));
         fresh.stop();
