@@ -9,10 +9,10 @@
 //!
 //! The zstd passes treat both servers alike: each repetition starts a fresh process of
 //! each (cairnd's must be fresh for its variant cache to start cold), and Harmonia then
-//! makes a second pass on the same process, reported beside the first. On this machine a
-//! process's first touch of its memory is expensive (bench/README.md), and Harmonia
-//! touches several times what cairnd does, so a process that served everything before
-//! is a different yardstick from a fresh one; the report shows both.
+//! makes a second pass on the same process, reported beside the first: on this machine
+//! a process's first touch of its memory is expensive (bench/README.md) and Harmonia
+//! touches several times what cairnd does, so the report shows whether a process that
+//! has served before is the faster yardstick (measured so far: not, within noise).
 
 use std::fs;
 use std::path::Path;

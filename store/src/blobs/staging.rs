@@ -66,9 +66,13 @@ impl Write for Staging<'_> {
         }
     }
 
-    /// Buffered bytes go out at [`Staging::finish`]; a direct chunk cannot go out early.
+    /// A direct writer's partial chunk cannot go out before [`Staging::finish`] (its
+    /// length is not aligned yet); a buffered writer flushes as usual.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Staging::Buffered(w) => w.flush(),
+            Staging::Direct(_) => Ok(()),
+        }
     }
 }
 
