@@ -278,7 +278,7 @@ fn env(k: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -299,27 +299,65 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc gives each thread that allocates while another holds an arena's lock an arena
-/// of its own, up to eight per core, and what is freed into an arena is reused by that
-/// arena only. A NAR stream allocates its chunks on a blocking thread and hyper frees
-/// them on a worker, so the blocking threads' arenas fill with free chunks that nothing
-/// reuses: in the benchmark's 16 parallel downloads that held about 14 MiB resident.
-/// Two arenas (the runtime has two workers by default) keep contention low and the free
-/// memory shared. An operator's `MALLOC_ARENA_MAX` still wins.
+/// Three settings of glibc's allocator, each unless the operator set it in the
+/// environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
+/// or any `glibc.malloc` tunable in `GLIBC_TUNABLES`, which leaves all three alone):
+///
+/// - Arenas: glibc gives each thread that allocates while another holds an arena's
+///   lock an arena of its own, up to eight per core, and what is freed into an arena
+///   is reused by that arena only. A NAR stream allocates its chunks on a blocking
+///   thread and hyper frees them on a worker, so the blocking threads' arenas fill with
+///   free chunks that nothing reuses: in the benchmark's 16 parallel downloads that
+///   held about 14 MiB resident. Two arenas (the runtime has two workers by default)
+///   keep contention low and the free memory shared.
+/// - Giving memory back: by default a freed block of a few hundred KiB (a request's
+///   body buffer, an upload's staging buffer) is unmapped, or trimmed off the heap,
+///   and the next request faults in and zeroes fresh pages for the same job. Blocks up
+///   to [`MMAP_THRESHOLD`] now come from the heap, and up to [`TRIM_THRESHOLD`] of
+///   free heap stays mapped, so steady traffic reuses the same pages. The peak
+///   resident size is what the busiest moment needed, as before.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        #[allow(unsafe_code)]
-        // SAFETY: mallopt only sets a tunable of the allocator; it is called before any
-        // other thread exists, and a refusal (return value 0) leaves glibc's default.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+fn tune_malloc() {
+    let settings = [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+        ),
+        (
+            "MALLOC_TRIM_THRESHOLD_",
+            libc::M_TRIM_THRESHOLD,
+            TRIM_THRESHOLD,
+        ),
+    ];
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables.contains("glibc.malloc.") {
+        return;
+    }
+    for (variable, param, value) in settings {
+        if std::env::var_os(variable).is_none() {
+            #[allow(unsafe_code)]
+            // SAFETY: mallopt only sets a tunable of the allocator; it is called before
+            // any other thread exists, and a refusal (return value 0) leaves glibc's
+            // default.
+            unsafe {
+                libc::mallopt(param, value);
+            }
         }
     }
 }
 
+/// Allocations below this size come from the heap (glibc's default starts at 128 KiB).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 4 << 20;
+
+/// Free memory at the top of a heap beyond this is given back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: i32 = 32 << 20;
+
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::resolve(FileConfig::load(file)?, env)?;
