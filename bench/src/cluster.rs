@@ -5,7 +5,7 @@
 //!   cluster vs into a fresh single cairnd (target: cluster ≥ 0.6× single);
 //! - replication: from the start of that push until every blob has three copies;
 //! - narinfo hits and misses (wrk) on a follower vs on the leader (targets ≥ 0.9× and
-//!   ≥ 0.7×);
+//!   ≥ 0.7×), run leader, follower, follower, leader and each side averaged;
 //! - failover: SIGKILL of the leader until the next acknowledged upload on a survivor
 //!   (a NAR PUT answered 200, which needs two copies registered through Raft; target
 //!   ≤ 5 s).
@@ -52,6 +52,8 @@ pub struct ClusterResults {
     pub gc: Vec<(f64, f64, f64)>,
     /// Paths the GC passes deleted.
     pub gc_deleted: u64,
+    /// Length of each wrk run.
+    pub wrk_seconds: u64,
 }
 
 fn step(msg: impl AsRef<str>) {
@@ -320,7 +322,10 @@ fn remove_earlier_runs(ctx: &Ctx<'_>) -> Result<()> {
 /// Runs the cluster measurements with the upload side's context and the miss workload.
 pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
     let client = crate::narpass::client()?;
-    let mut r = ClusterResults::default();
+    let mut r = ClusterResults {
+        wrk_seconds: ctx.wrk.duration.as_secs(),
+        ..ClusterResults::default()
+    };
     // Whatever ran before (earlier runs' directories, the other sections' caches)
     // deleted files just now.
     remove_earlier_runs(ctx)?;
@@ -384,31 +389,38 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
         step(format!("  three copies of every blob after {rs:.1} s"));
         r.replicated.push(rs);
 
-        // narinfo rates on the leader and on a follower.
+        // narinfo rates on the leader and on a follower, in the order leader, follower,
+        // follower, leader: each side's rate is the mean of its two runs, so load from
+        // elsewhere on this shared machine that rises or falls over the four runs
+        // weighs on both sides alike.
         let leader = v["leader"].as_u64().context("a leader")? as usize;
         let follower = (1..=3).find(|&i| i != leader).expect("a follower");
         for (load, on_leader, on_follower) in [
             (ctx.hits, &mut r.hits_leader, &mut r.hits_follower),
             (misses, &mut r.misses_leader, &mut r.misses_follower),
         ] {
-            step(format!("  {} on the leader (node {leader})", load.name));
-            let l = wrk::run(
-                ctx.wrk,
-                ctx.script,
-                servers[leader - 1].as_mut().expect("running"),
-                load,
-            )
-            .await?;
-            step(format!("  {} on a follower (node {follower})", load.name));
-            let f = wrk::run(
-                ctx.wrk,
-                ctx.script,
-                servers[follower - 1].as_mut().expect("running"),
-                load,
-            )
-            .await?;
+            let mut runs = Vec::new();
+            for node in [leader, follower, follower, leader] {
+                let role = if node == leader {
+                    "the leader"
+                } else {
+                    "a follower"
+                };
+                step(format!("  {} on {role} (node {node})", load.name));
+                let sample = wrk::run(
+                    ctx.wrk,
+                    ctx.script,
+                    servers[node - 1].as_mut().expect("running"),
+                    load,
+                )
+                .await?;
+                step(format!("    {:.0}/s", sample.per_second));
+                runs.push(sample);
+            }
+            let l = RateSample::mean(&runs[0], &runs[3]);
+            let f = RateSample::mean(&runs[1], &runs[2]);
             step(format!(
-                "    leader {:.0}/s, follower {:.0}/s",
+                "    leader {:.0}/s, follower {:.0}/s (means of two runs each)",
                 l.per_second, f.per_second
             ));
             on_leader.push(l);
@@ -556,8 +568,11 @@ pub fn render(r: &ClusterResults) -> String {
          skips recently freed inodes one table read at a time, which here makes file \
          creation 5–30× slower for about 95 s after a few thousand deletions and would \
          charge the deletions to whichever push came next (the cluster's most: it \
-         creates three files per blob).\n",
-        r.push_single.len()
+         creates three files per blob). The narinfo rates were taken in the order \
+         leader, follower, follower, leader ({}-s wrk runs), each side the mean of its \
+         two runs.\n",
+        r.push_single.len(),
+        r.wrk_seconds
     );
     let _ = writeln!(w, "| measure | result | target | |\n|---|---|---|---|");
     let _ = writeln!(

@@ -64,6 +64,17 @@ pub struct RateSample {
 }
 
 impl RateSample {
+    /// Two runs of the same load against the same server as one: the mean rate, the
+    /// requests, CPU and errors of both.
+    pub fn mean(a: &RateSample, b: &RateSample) -> RateSample {
+        RateSample {
+            requests: a.requests + b.requests,
+            per_second: (a.per_second + b.per_second) / 2.0,
+            server_cpu_s: a.server_cpu_s + b.server_cpu_s,
+            socket_errors: a.socket_errors + b.socket_errors,
+        }
+    }
+
     /// Server CPU microseconds per request.
     pub fn cpu_us_per_request(&self) -> f64 {
         self.server_cpu_s * 1e6 / self.requests.max(1) as f64
