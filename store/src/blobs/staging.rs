@@ -5,8 +5,9 @@
 //! Writing around the cache skips the copy into page-cache pages and their writeback,
 //! which is most of what storing a replica costs once it is hashed; the data goes to
 //! the disk straight from one reused, aligned buffer. `O_DIRECT` needs the buffer, the
-//! file offset and the length aligned, so the writer sends whole chunks and pads the
-//! last one with zeros up to the alignment, then cuts the file back to its length. A
+//! file offset and the length aligned, so the writer sends whole chunks, then the
+//! last chunk's whole blocks, and writes the rest of the last block (if any) through
+//! the page cache, where the caller's fsync and page drop cover it as well. A
 //! filesystem that refuses `O_DIRECT` (on setting the flag or on the first write) gets
 //! ordinary buffered writes instead (the caller drops the pages after the fsync anyway).
 
@@ -141,16 +142,26 @@ impl<'a> Direct<'a> {
         Ok(n)
     }
 
+    /// Writes what is gathered: its whole blocks directly, the part of a block after
+    /// them (if any) through the page cache. Padding that part to a block and cutting
+    /// the file back instead would make ext4 read the block back from the disk to
+    /// zero its end (one synchronous read per blob); a partial block written at the
+    /// end of the file needs no read.
     fn finish(mut self) -> io::Result<&'a File> {
-        if self.filled > 0 {
-            let len = self.filled;
-            let padded = len.next_multiple_of(ALIGN);
-            self.chunk()[len..padded].fill(0);
-            self.write_chunk(padded)?;
-            self.written += len as u64;
-            if padded != len {
-                self.file.set_len(self.written)?;
+        let whole = self.filled / ALIGN * ALIGN;
+        if whole > 0 {
+            self.write_chunk(whole)?;
+            self.written += whole as u64;
+        }
+        let tail = self.start + whole..self.start + self.filled;
+        if !tail.is_empty() {
+            if !self.fell_back {
+                let flags = rustix::fs::fcntl_getfl(self.file)?;
+                rustix::fs::fcntl_setfl(self.file, flags - OFlags::DIRECT)?;
             }
+            self.file
+                .write_all_at(&self.storage[tail.clone()], self.written)?;
+            self.written += tail.len() as u64;
         }
         Ok(self.file)
     }
