@@ -318,6 +318,10 @@ fn main() -> ExitCode {
 ///   resident size is what the busiest moment needed, as before.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables.contains("glibc.malloc.") {
+        return;
+    }
     let settings = [
         ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
         (
@@ -331,10 +335,6 @@ fn tune_malloc() {
             TRIM_THRESHOLD,
         ),
     ];
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if tunables.contains("glibc.malloc.") {
-        return;
-    }
     for (variable, param, value) in settings {
         if std::env::var_os(variable).is_none() {
             #[allow(unsafe_code)]

@@ -120,8 +120,7 @@ impl<'a> Direct<'a> {
         let data = &self.storage[start..start + len];
         match file.write_all_at(data, at) {
             Err(e) if !self.fell_back && e.raw_os_error() == Some(EINVAL) => {
-                let flags = rustix::fs::fcntl_getfl(file)?;
-                rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+                clear_direct(file)?;
                 self.fell_back = true;
                 file.write_all_at(data, at)
             }
@@ -156,8 +155,7 @@ impl<'a> Direct<'a> {
         let tail = self.start + whole..self.start + self.filled;
         if !tail.is_empty() {
             if !self.fell_back {
-                let flags = rustix::fs::fcntl_getfl(self.file)?;
-                rustix::fs::fcntl_setfl(self.file, flags - OFlags::DIRECT)?;
+                clear_direct(self.file)?;
             }
             self.file
                 .write_all_at(&self.storage[tail.clone()], self.written)?;
@@ -165,6 +163,13 @@ impl<'a> Direct<'a> {
         }
         Ok(self.file)
     }
+}
+
+/// Turns `O_DIRECT` off on `file`: later writes go through the page cache.
+fn clear_direct(file: &File) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+    Ok(())
 }
 
 impl Drop for Direct<'_> {
@@ -179,8 +184,7 @@ impl Drop for Direct<'_> {
 /// Chunk buffers of finished direct writers, for the next ones. Replicas arrive one
 /// after another, most of them small: a fresh megabyte for each would be mostly page
 /// faults and zeroing (6.5% of a follower's CPU during a corpus push). Whatever a buffer
-/// held before is never written out: only the filled part of a chunk goes to the
-/// file, and the padding is zeroed explicitly.
+/// held before is never written out: only the filled part of a chunk goes to the file.
 static DIRECT_BUFFERS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
 
 /// Buffers kept for reuse: about as many as replicas are written at once.
