@@ -54,6 +54,20 @@ pub struct ClusterResults {
     pub gc_deleted: u64,
     /// Length of each wrk run.
     pub wrk_seconds: u64,
+    /// Raft terms begun during each cluster push and its replication (0: the leader
+    /// held on throughout, no election timed out while the nodes wrote and fsynced).
+    pub elections: Vec<u64>,
+}
+
+/// The highest Raft term any node of a status report is in.
+fn max_term(v: &serde_json::Value) -> u64 {
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["term"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 fn step(msg: impl AsRef<str>) {
@@ -365,6 +379,12 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
             }
             Ok(c)
         };
+        let term_before = max_term(
+            &wait_status(&client, &base1, Duration::from_secs(10), "a status", |_| {
+                true
+            })
+            .await?,
+        );
         let before = node_cpu(&servers)?;
         let t = Instant::now();
         let (s, client_cpu) = push(ctx, &base1, &specs[0].config.with_file_name("push"))?;
@@ -386,8 +406,12 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
         .await?;
         let rs = t.elapsed().as_secs_f64();
         r.stored_bytes = v["stored_bytes"].as_u64().unwrap_or(0);
-        step(format!("  three copies of every blob after {rs:.1} s"));
+        let elections = max_term(&v) - term_before;
+        step(format!(
+            "  three copies of every blob after {rs:.1} s; {elections} Raft terms begun meanwhile"
+        ));
         r.replicated.push(rs);
+        r.elections.push(elections);
 
         // narinfo rates on the leader and on a follower, in the order leader, follower,
         // follower, leader: each side's rate is the mean of its two runs, so load from
@@ -610,6 +634,12 @@ pub fn render(r: &ClusterResults) -> String {
         w,
         "| failover: leader SIGKILL → next acknowledged upload | {failover:.2} s | ≤ 5 s | {} |",
         ok(failover <= 5.0)
+    );
+    let _ = writeln!(
+        w,
+        "| elections during a push (Raft terms begun, push start → three copies) | {} | 0 | {} |",
+        r.elections.iter().max().copied().unwrap_or(0),
+        ok(r.elections.iter().all(|&e| e == 0))
     );
     let gc_at = |f: fn(&(f64, f64, f64)) -> f64| median(&r.gc.iter().map(f).collect::<Vec<_>>());
     let _ = writeln!(

@@ -209,6 +209,9 @@ pub struct ClusterFileConfig {
     /// Bytes per second of stored blobs the scrubber re-hashes; 0 turns it off.
     /// Default 8 MiB.
     pub scrub_bytes_per_sec: Option<u64>,
+    /// Bytes per second the repair worker fetches from peers at most; 0 means no cap.
+    /// Default 64 MiB.
+    pub repair_bytes_per_sec: Option<u64>,
     /// Seconds a blob no path names is kept before the orphan sweep deletes it.
     /// Default 86400 (a day).
     pub orphan_grace_secs: Option<u64>,
@@ -245,6 +248,7 @@ pub struct ClusterConfig {
     pub snapshot_logs: u64,
     pub repair_interval_secs: u64,
     pub scrub_bytes_per_sec: u64,
+    pub repair_bytes_per_sec: u64,
     pub orphan_grace_secs: u64,
     pub gc_interval_secs: u64,
 }
@@ -319,6 +323,7 @@ impl ClusterConfig {
             snapshot_logs: f.snapshot_logs.unwrap_or(10_000).max(10),
             repair_interval_secs: f.repair_interval_secs.unwrap_or(30).max(1),
             scrub_bytes_per_sec: f.scrub_bytes_per_sec.unwrap_or(8 << 20),
+            repair_bytes_per_sec: f.repair_bytes_per_sec.unwrap_or(64 << 20),
             orphan_grace_secs: f.orphan_grace_secs.unwrap_or(86_400),
             gc_interval_secs: f.gc_interval_secs.unwrap_or(3600),
         })

@@ -19,6 +19,7 @@ use nix_formats::Hash;
 use store::blobs::{AfterStore, Compression, ExpectedNar};
 
 use crate::error::ServerError;
+use crate::metrics::Refusal;
 use crate::replication::{HEADER_COMPRESSION, HEADER_NAR_HASH, HEADER_NAR_SIZE};
 use crate::state::Shared;
 use crate::upload::with_body_reader;
@@ -51,6 +52,10 @@ fn refuse(status: StatusCode, msg: &str) -> Response {
 
 /// Checks the secret, the target node and the cluster id of every internal request.
 async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let refused = |why: Refusal, status: StatusCode, msg: &str| {
+        s.metrics.refused(why);
+        refuse(status, msg)
+    };
     let node = s.catalog.node();
     let h = req.headers();
     let presented = h
@@ -59,11 +64,16 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !node.wire().secret().matches(presented) {
-        return refuse(StatusCode::UNAUTHORIZED, "wrong or missing cluster secret");
+        return refused(
+            Refusal::Secret,
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster secret",
+        );
     }
     let target = h.get(HEADER_TARGET).and_then(|v| v.to_str().ok());
     if target != Some(node.id().to_string().as_str()) {
-        return refuse(
+        return refused(
+            Refusal::Target,
             StatusCode::MISDIRECTED_REQUEST,
             &format!(
                 "this is node {}, not node {}",
@@ -77,16 +87,18 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     match (node.identity(), cluster) {
         (Some(id), Some(c)) if id.cluster_id.as_str() == c => {}
         (Some(id), _) => {
-            return refuse(
+            return refused(
+                Refusal::Cluster,
                 StatusCode::FORBIDDEN,
                 &format!("this node belongs to cluster {}", id.cluster_id),
             )
         }
         (None, _) if adopting => {}
         (None, _) => {
-            return refuse(
+            return refused(
+                Refusal::NoIdentity,
                 StatusCode::CONFLICT,
-                "this node has no cluster identity (wiped or never joined); add it with cachectl cluster add",
+                "this node has no cluster identity (never joined, or wiped: then it rejoins under a new node id)",
             )
         }
     }

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub scrub_failures: AtomicU64,
     /// Paths GC passes run on this node deleted.
     pub gc_paths_deleted: AtomicU64,
+    /// Node-to-node requests this node refused, by [`Refusal`].
+    refused: [AtomicU64; Refusal::ALL.len()],
     commit_count: AtomicU64,
     commit_sum_us: AtomicU64,
 }
@@ -109,13 +111,49 @@ impl Default for Metrics {
             leader_changes: AtomicU64::new(0),
             scrub_failures: AtomicU64::new(0),
             gc_paths_deleted: AtomicU64::new(0),
+            refused: Default::default(),
             commit_count: AtomicU64::new(0),
             commit_sum_us: AtomicU64::new(0),
         }
     }
 }
 
+/// Why the cluster listener refused a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// Wrong or missing cluster secret.
+    Secret,
+    /// Addressed to another node id.
+    Target,
+    /// From another cluster, or naming none.
+    Cluster,
+    /// This node holds no cluster identity (never joined, or wiped).
+    NoIdentity,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::Secret,
+        Refusal::Target,
+        Refusal::Cluster,
+        Refusal::NoIdentity,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Secret => "secret",
+            Refusal::Target => "target",
+            Refusal::Cluster => "cluster",
+            Refusal::NoIdentity => "no_identity",
+        }
+    }
+}
+
 impl Metrics {
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
         let s = STATUSES
             .iter()
@@ -203,6 +241,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        out.push_str("# HELP cairn_cluster_requests_refused_total Node-to-node requests refused, by reason.\n# TYPE cairn_cluster_requests_refused_total counter\n");
+        for why in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "cairn_cluster_requests_refused_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.refused[why as usize].load(Relaxed)
             );
         }
         let _ = writeln!(

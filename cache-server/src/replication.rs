@@ -685,15 +685,15 @@ pub async fn repair_loop(s: Shared, c: ClusterConfig) {
         if let Err(e) = gc_orphans(&s, grace).await {
             tracing::warn!(error = %e, "orphan sweep failed");
         }
-        if let Err(e) = repair_pass(&s).await {
+        if let Err(e) = repair_pass(&s, c.repair_bytes_per_sec).await {
             tracing::warn!(error = %e, "repair pass failed");
         }
     }
 }
 
-/// One pass: fetch every under-replicated blob this node lacks. Returns how many it
-/// fetched.
-pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
+/// One pass: fetch every under-replicated blob this node lacks, at most `rate` bytes
+/// per second on average (0: no cap). Returns how many it fetched.
+pub async fn repair_pass(s: &Shared, rate: u64) -> Result<u64, ServerError> {
     let node = s.catalog.node().clone();
     let me = node.id();
     let members = node.members();
@@ -711,6 +711,7 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
         .repair_backlog
         .store(wanted.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let mut fetched = 0;
+    let mut pace = Pace::new(rate);
     for h in wanted {
         if s.blobs.contains(&h) {
             // On disk but not registered (a crash between the two): register it.
@@ -719,6 +720,9 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
             }
         } else {
             ensure_local(s, &h).await?;
+            if let Some(entry) = node.state().blob(&h)? {
+                pace.took(entry.blob.file_size).await;
+            }
         }
         fetched += 1;
         s.metrics
@@ -726,4 +730,53 @@ pub async fn repair_pass(s: &Shared) -> Result<u64, ServerError> {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(fetched)
+}
+
+/// Keeps a run of transfers at `rate` bytes per second on average: after each one it
+/// waits until the bytes so far fit the time so far.
+struct Pace {
+    rate: u64,
+    start: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Pace {
+            rate,
+            start: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    async fn took(&mut self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        tokio::time::sleep_until(self.start + due).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn repair_keeps_to_its_rate() {
+        let start = tokio::time::Instant::now();
+        let mut pace = Pace::new(1_000_000);
+        pace.took(250_000).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        pace.took(750_000).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // Time already spent on a slow transfer counts: no wait beyond the average.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        pace.took(1_000_000).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let mut free = Pace::new(0);
+        free.took(u64::MAX).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
 }

@@ -646,6 +646,20 @@ impl Node {
             };
         match change {
             MembershipChange::Add { node_id, addr } => {
+                // A member coming back under its id must still hold its log and its
+                // vote; one that asks to be added again has lost them (a wiped disk),
+                // and letting it vote with an empty log could undo committed entries.
+                if self
+                    .metrics()
+                    .membership_config
+                    .nodes()
+                    .any(|(id, _)| *id == node_id)
+                {
+                    return Err(WriteError::Refused(format!(
+                        "node {node_id} is already a member; a node that lost its data \
+                         rejoins under a new id (cachectl cluster replace {node_id} NEW_ID ADDR)"
+                    )));
+                }
                 let cluster = self
                     .identity()
                     .map(|i| i.cluster_id)

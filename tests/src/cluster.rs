@@ -22,7 +22,7 @@ use crate::TestKey;
 
 pub const ADMIN: &str = "cairn_cluster_admin_token_0123456789abcdef";
 pub const PUSH: &str = "cairn_cluster_push_token_0123456789abcdef";
-const SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
+pub const SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
 
 /// How to run the cluster.
 #[derive(Debug, Clone)]
@@ -492,6 +492,39 @@ orphan_grace_secs = {grace}
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// The cluster id in node `id`'s identity file (None before it joined).
+    pub fn cluster_id(&self, id: u64) -> Option<String> {
+        let text = std::fs::read_to_string(self.node(id).data.join("raft/cluster-id")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["cluster_id"].as_str().map(str::to_string)
+    }
+
+    /// The status code node `id`'s cluster listener answers `GET /internal/v1/status`
+    /// with, sent with bearer `secret`, target node `target` and cluster id `cluster`
+    /// (each header left out when None); 0 when it does not answer.
+    pub fn internal_status(
+        &self,
+        id: u64,
+        secret: Option<&str>,
+        target: Option<u64>,
+        cluster: Option<&str>,
+    ) -> u16 {
+        let url = format!("http://{}/internal/v1/status", self.node(id).cluster);
+        let mut rb = crate::http_client()
+            .get(url)
+            .timeout(Duration::from_secs(3));
+        if let Some(secret) = secret {
+            rb = rb.bearer_auth(secret);
+        }
+        if let Some(target) = target {
+            rb = rb.header("cairn-target-node", target.to_string());
+        }
+        if let Some(cluster) = cluster {
+            rb = rb.header("cairn-cluster", cluster);
+        }
+        crate::rt().block_on(async { rb.send().await.map_or(0, |r| r.status().as_u16()) })
+    }
+
     /// The node among `among` that says it leads, if exactly one does.
     pub fn leader_among(&self, among: &[u64]) -> Option<u64> {
         let leaders: Vec<u64> = among
@@ -712,13 +745,39 @@ pub fn http_get_bytes(url: &str) -> Option<(u16, Vec<u8>)> {
 /// - 4: its NAR decompresses to its NarHash and NarSize;
 /// - 5: the bytes served under its file hash hash to it;
 /// - 1 and 2: at least two nodes (every voter of a smaller cluster) hold a file under
-///   that hash on disk, and every such file hashes to its name.
+///   that hash on disk, and every such file hashes to its name;
+/// - 6: every path it references has a narinfo on every node (its closure is whole);
+/// - 3: no node counts more blobs as held in its records than it has files on disk
+///   (a copy unregistered only after its file went would show as one too many).
 pub fn check_invariants(c: &TestCluster, on: &[u64], acked: &[String]) {
     use nix_formats::{Hash, NarInfo};
     let status = http_get(&format!("{}/api/v1/status", c.url(on[0]))).expect("a status");
     let status: serde_json::Value = serde_json::from_str(&status.1).expect("status JSON");
     let voters = status["voters"].as_array().expect("voters").len();
     let need = voters.min(2);
+    for &id in on {
+        // Files listed on both sides of the status read: a copy placed and registered,
+        // or unregistered and deleted, in between is in one of the two listings.
+        let mut files: std::collections::HashSet<String> =
+            c.blob_files(id).into_iter().map(|(name, _)| name).collect();
+        let (code, text) =
+            http_get(&format!("{}/api/v1/status", c.url(id))).expect("a node status");
+        assert_eq!(code, 200, "status of node {id}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
+        files.extend(c.blob_files(id).into_iter().map(|(name, _)| name));
+        let held = v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["blobs_held"].as_u64())
+            .expect("the node's own line");
+        assert!(
+            held <= files.len() as u64,
+            "invariant 3: node {id} has {held} copies registered but {} blob files",
+            files.len()
+        );
+    }
     for path in acked {
         let hash_part = path
             .rsplit('/')
@@ -734,6 +793,15 @@ pub fn check_invariants(c: &TestCluster, on: &[u64], acked: &[String]) {
                 "invariant 7: node {id} lacks acknowledged {path}"
             );
             let ni = NarInfo::parse(&text).expect("a valid narinfo");
+            for r in ni.references.iter().filter(|r| **r != ni.store_path) {
+                let url = format!("{}/{}.narinfo", c.url(id), r.hash_part());
+                assert_eq!(
+                    http_get(&url).map(|(s, _)| s),
+                    Some(200),
+                    "invariant 6: node {id} serves {path} but not its reference {}",
+                    r.hash_part()
+                );
+            }
             let (status, bytes) =
                 http_get_bytes(&format!("{}/{}", c.url(id), ni.url)).expect("NAR answer");
             assert_eq!(status, 200, "node {id}: NAR of {path}");

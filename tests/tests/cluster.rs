@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_tests::cluster::{
-    check_invariants, http_get, http_get_bytes, Options, TestCluster, PUSH,
+    check_invariants, http_get, http_get_bytes, Options, TestCluster, PUSH, SECRET,
 };
 use cairn_tests::wait_for;
 use testkit::Nix;
@@ -93,6 +93,22 @@ fn random_nar() -> Vec<u8> {
     out.stdout
 }
 
+/// Whether the partition scenarios can run: they need root (CI runs as root, with the
+/// tools `scripts/test` installs), and without root they are skipped, said on stderr.
+fn can_partition(c: &TestCluster) -> bool {
+    if c.can_partition() {
+        return true;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    assert!(
+        !root,
+        "running as root, yet no network namespaces: are `ip` and `nft` installed?"
+    );
+    eprintln!("skipped: partitions need root, ip netns and nft");
+    false
+}
+
 fn followers(c: &TestCluster, leader: u64) -> Vec<u64> {
     c.ids().into_iter().filter(|&i| i != leader).collect()
 }
@@ -136,6 +152,17 @@ fn upload_through_one_node_and_substitute_from_another() {
     wait_for(Duration::from_secs(10), "a healthy status", || {
         status(&c, 2).0 == 0
     });
+    // The node that took the uploads counted its copies to peers and its commits;
+    // the leader follows each peer's lag, which is none once all is replicated.
+    assert!(c.metric(2, "cairn_blob_copies_total").unwrap() >= paths.len() as u64);
+    assert!(c.metric(2, "cairn_raft_commit_seconds_count").unwrap() >= paths.len() as u64);
+    let leader = c.wait_leader(&c.ids(), Duration::from_secs(10));
+    for id in followers(&c, leader) {
+        let lag = format!("cairn_raft_replication_lag_entries{{node=\"{id}\"}}");
+        wait_for(Duration::from_secs(10), "no replication lag", || {
+            c.metric(leader, &lag) == Some(0)
+        });
+    }
     let (_, json) = {
         let out = c.cachectl(1, &["status", "--json"]);
         (
@@ -176,25 +203,45 @@ fn leader_killed_during_uploads_loses_nothing() {
     let mut c = TestCluster::start(Options::default());
     let leader = c.wait_leader(&c.ids(), Duration::from_secs(10));
     let target = followers(&c, leader)[0];
-    let mut acked = Vec::new();
+    let before = c.metric(target, "cairn_raft_leader_changes_total").unwrap();
+    // Uploads run back to back on a thread; the leader dies right after the third is
+    // acknowledged, with the fourth under way.
+    let (tx, rx) = std::sync::mpsc::channel();
     let mut killed_at = None;
-    let mut first_after_kill = None;
-    for (i, p) in paths.iter().enumerate() {
-        if i == 3 {
-            c.kill(leader);
-            killed_at = Some(Instant::now());
+    let mut results = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for p in &paths {
+                let out = c.nix_copy(&nix, target, std::slice::from_ref(p));
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                tx.send((p.clone(), out.status.success(), Instant::now(), err))
+                    .unwrap();
+            }
+            drop(tx);
+        });
+        for r in rx.iter() {
+            results.push(r);
+            if killed_at.is_none() && results.iter().filter(|r| r.1).count() == 3 {
+                c.signal(leader, "KILL");
+                killed_at = Some(Instant::now());
+            }
         }
-        let out = c.nix_copy(&nix, target, std::slice::from_ref(p));
-        if out.status.success() {
-            acked.push(p.clone());
-            if let (Some(t), None) = (killed_at, first_after_kill) {
-                first_after_kill = Some(t.elapsed());
+    });
+    c.kill(leader);
+    let killed_at = killed_at.expect("three uploads before the kill");
+    let mut acked = Vec::new();
+    let mut first_after_kill = None;
+    for (p, ok, at, err) in results {
+        if ok {
+            acked.push(p);
+            if at > killed_at && first_after_kill.is_none() {
+                first_after_kill = Some(at - killed_at);
             }
         } else {
-            eprintln!(
-                "upload {i} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            // Refused while the leader was gone: not acknowledged, so sent again.
+            eprintln!("upload of {p} failed: {err}");
+            copy_ok(&c, &nix, target, std::slice::from_ref(&p));
+            acked.push(p);
         }
     }
     let failover = first_after_kill.expect("an upload succeeded after the kill");
@@ -203,6 +250,10 @@ fn leader_killed_during_uploads_loses_nothing() {
         "writes resumed after {failover:?}"
     );
     assert_eq!(acked.len(), paths.len(), "every upload was acknowledged");
+    assert!(
+        c.metric(target, "cairn_raft_leader_changes_total").unwrap() > before,
+        "the new leader was counted"
+    );
     let survivors = followers(&c, leader);
     check_invariants(&c, &survivors, &acked);
 
@@ -233,6 +284,9 @@ fn follower_killed_writes_continue_and_third_copy_follows() {
         "the third copy of every blob",
         || c.blob_files(down).len() == paths.len(),
     );
+    wait_for(Duration::from_secs(10), "an empty repair backlog", || {
+        c.metric(down, "cairn_repair_backlog_blobs") == Some(0)
+    });
     wait_for(Duration::from_secs(10), "a healthy status", || {
         status(&c, leader).0 == 0
     });
@@ -273,8 +327,7 @@ fn partition_with_the_leader_in_the_minority() {
     let nix = Nix::new();
     let paths = nix.build_fixtures(&testkit::salt(), 2);
     let c = TestCluster::start(Options::default());
-    if !c.can_partition() {
-        eprintln!("skipped: partitions need root, ip netns and nft");
+    if !can_partition(&c) {
         return;
     }
     copy_ok(&c, &nix, 1, &paths[..1]);
@@ -299,8 +352,7 @@ fn partition_with_the_leader_in_the_majority() {
     let nix = Nix::new();
     let paths = nix.build_fixtures(&testkit::salt(), 2);
     let c = TestCluster::start(Options::default());
-    if !c.can_partition() {
-        eprintln!("skipped: partitions need root, ip netns and nft");
+    if !can_partition(&c) {
         return;
     }
     let leader = c.wait_leader(&c.ids(), Duration::from_secs(10));
@@ -352,23 +404,73 @@ fn far_behind_node_catches_up_through_a_snapshot() {
     }
     c.restart(behind);
     wait_caught_up(&c, behind, &paths, Duration::from_secs(30));
-    let snap = c.node(behind).data.join("raft/snapshots/current.snap");
-    assert!(snap.is_file(), "the node caught up without a snapshot");
+    // It installed the leader's snapshot: its own would not say so.
+    assert!(
+        c.log_tail(behind, usize::MAX)
+            .contains("installed raft snapshot"),
+        "the node caught up without a snapshot:\n{}",
+        c.log_tail(behind, 30)
+    );
     check_invariants(&c, &c.ids(), &paths);
 }
 
+/// How many requests node `id`'s cluster listener refused for `reason`.
+fn refused(c: &TestCluster, id: u64, reason: &str) -> u64 {
+    let name = format!("cairn_cluster_requests_refused_total{{reason=\"{reason}\"}}");
+    c.metric(id, &name).unwrap_or(0)
+}
+
 #[test]
-fn wiped_node_restarted_under_its_old_id_is_refused() {
+fn the_cluster_listener_refuses_strangers_and_a_wiped_node() {
     let _g = serial();
     let nix = Nix::new();
     let paths = nix.build_fixtures(&testkit::salt(), 1);
     let mut c = TestCluster::start(Options::default());
     copy_ok(&c, &nix, 1, &paths);
+
+    // Every internal request carries the secret, the node it is meant for and the
+    // cluster id; each one missing or wrong is its own refusal.
+    let id = c.cluster_id(2).expect("node 2 joined");
+    let ok = Some(SECRET);
+    assert_eq!(c.internal_status(2, ok, Some(2), Some(&id)), 200);
+    assert_eq!(c.internal_status(2, None, Some(2), Some(&id)), 401);
+    assert_eq!(
+        c.internal_status(
+            2,
+            Some("not-the-secret-0123456789abcdef0123"),
+            Some(2),
+            Some(&id)
+        ),
+        401
+    );
+    assert_eq!(c.internal_status(2, ok, Some(3), Some(&id)), 421);
+    assert_eq!(c.internal_status(2, ok, None, Some(&id)), 421);
+    assert_eq!(c.internal_status(2, ok, Some(2), None), 403);
+    let other = "0123456789abcdef0123456789abcdef";
+    assert_eq!(c.internal_status(2, ok, Some(2), Some(other)), 403);
+    for (reason, n) in [("secret", 2), ("target", 2), ("cluster", 2)] {
+        assert_eq!(refused(&c, 2, reason), n, "refusals for {reason}");
+    }
+
     c.kill(3);
     std::fs::remove_dir_all(&c.node(3).data).unwrap();
     c.restart(3);
     // It holds no identity, so the others' Raft traffic is refused and it stays out.
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for(
+        Duration::from_secs(10),
+        "Raft traffic refused by the wiped node",
+        || refused(&c, 3, "no_identity") >= 5,
+    );
+    assert_eq!(c.metric(3, "cairn_raft_term"), Some(0));
+    // Adding it back under its old id is refused as well: it is still a member, and it
+    // would vote with an empty log.
+    let out = c.cachectl(1, &["cluster", "add", "3", &c.node(3).cluster.clone()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already a member"),
+        "re-adding a wiped member: {err}"
+    );
+    assert_eq!(c.cluster_id(3), None, "the wiped node took no identity");
     assert_eq!(c.metric(3, "cairn_raft_term"), Some(0));
     assert_eq!(narinfo_status(&c, 3, &paths[0]), 404);
     let (code, _) = status(&c, 3);
@@ -387,6 +489,21 @@ fn blob_name(c: &TestCluster, id: u64, path: &str) -> String {
     assert_eq!(s, 200);
     let ni = nix_formats::NarInfo::parse(&text).unwrap();
     ni.file_hash.unwrap().to_nix32()
+}
+
+/// A GET of bytes `a..=b`: (status, body).
+fn get_range(url: &str, a: u64, b: u64) -> (u16, Vec<u8>) {
+    cairn_tests::rt().block_on(async {
+        let resp = cairn_tests::http_client()
+            .get(url)
+            .header("range", format!("bytes={a}-{b}"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("an answer");
+        let status = resp.status().as_u16();
+        (status, resp.bytes().await.expect("a body").to_vec())
+    })
 }
 
 #[test]
@@ -418,6 +535,22 @@ fn flipped_byte_is_never_served_and_is_repaired_from_a_peer() {
         || c.has_good_copy(3, &first),
     );
     check_invariants(&c, &[3], &paths[..1]);
+    // A range of a bad copy, on node 2: the whole blob is hashed before a part of it
+    // goes out, so the part comes from a good copy fetched again.
+    let good = http_get_bytes(&format!("{}/{url}", c.url(1))).unwrap().1;
+    let mid = good.len() as u64 / 2;
+    c.flip_byte(2, &first);
+    let (status, part) = get_range(&format!("{}/{url}", c.url(2)), mid - 10, mid + 10);
+    assert_eq!(status, 206);
+    assert!(
+        part == good[mid as usize - 10..=mid as usize + 10],
+        "bad bytes served in a range"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "a good copy on node 2 again",
+        || c.has_good_copy(2, &first),
+    );
     // Unread on node 2: the scrubber finds it, and repair brings a good copy back.
     let second = blob_name(&c, 1, &paths[1]);
     c.flip_byte(2, &second);
@@ -437,12 +570,59 @@ fn flipped_byte_is_never_served_and_is_repaired_from_a_peer() {
 
 #[test]
 fn rolling_restart_of_all_three_fails_no_read() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
     let _g = serial();
     let nix = Nix::new();
     let paths = nix.build_fixtures(&testkit::salt(), 4);
     let mut c = TestCluster::start(Options::default());
     copy_ok(&c, &nix, 1, &paths[..1]);
+
+    // All along, a reader fetches the first path's narinfo and NAR from every node
+    // that is meant to be up, and checks the bytes.
+    let urls: Vec<(u64, String)> = c.ids().into_iter().map(|id| (id, c.url(id))).collect();
+    let down = Arc::new(AtomicU64::new(0));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (down, rounds, stop) = (down.clone(), rounds.clone(), stop.clone());
+        let hash = hash_part(&paths[0]).to_string();
+        std::thread::spawn(move || {
+            let (mut reads, mut failures) = (0u64, Vec::new());
+            while !stop.load(SeqCst) {
+                let skip = down.load(SeqCst);
+                for (id, url) in urls.iter().filter(|(id, _)| *id != skip) {
+                    let narinfo = http_get(&format!("{url}/{hash}.narinfo"));
+                    let Some((200, text)) = narinfo else {
+                        failures.push(format!("node {id}: narinfo {:?}", narinfo.map(|r| r.0)));
+                        continue;
+                    };
+                    let ni = nix_formats::NarInfo::parse(&text).expect("a narinfo");
+                    match http_get_bytes(&format!("{url}/{}", ni.url)) {
+                        Some((200, b))
+                            if Some(nix_formats::Hash::sha256_of(&b)) == ni.file_hash =>
+                        {
+                            reads += 1
+                        }
+                        other => failures.push(format!("node {id}: NAR {:?}", other.map(|r| r.0))),
+                    }
+                }
+                rounds.fetch_add(1, SeqCst);
+            }
+            (reads, failures)
+        })
+    };
+    // Past two more rounds of the reader, no read of a node marked down is under way.
+    let settle = || {
+        let r = rounds.load(SeqCst);
+        wait_for(Duration::from_secs(20), "a reader round", || {
+            rounds.load(SeqCst) >= r + 2
+        });
+    };
+
     for (step, id) in c.ids().into_iter().enumerate() {
+        down.store(id, SeqCst);
+        settle();
         c.kill(id);
         let up: Vec<u64> = c.ids().into_iter().filter(|&i| i != id).collect();
         // Reads go on from the others while this one is down, and so do writes.
@@ -451,7 +631,13 @@ fn rolling_restart_of_all_three_fails_no_read() {
         copy_ok(&c, &nix, leader, &paths[step + 1..step + 2]);
         c.restart(id);
         wait_caught_up(&c, id, &paths[..step + 2], Duration::from_secs(20));
+        down.store(0, SeqCst);
+        settle();
     }
+    stop.store(true, SeqCst);
+    let (reads, failures) = reader.join().expect("the reader");
+    assert!(failures.is_empty(), "failed reads: {failures:?}");
+    assert!(reads > 0);
     c.wait_leader(&c.ids(), Duration::from_secs(20));
     check_invariants(&c, &c.ids(), &paths);
 }
@@ -469,15 +655,14 @@ fn a_dead_node_is_replaced_by_a_fresh_one() {
     copy_ok(&c, &nix, 1, &paths);
     c.kill(3);
     let addr = c.node(4).cluster.clone();
-    let out = c.cachectl(1, &["cluster", "replace", "3", "4", &addr]);
-    assert!(
-        out.status.success(),
-        "replace: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = c.cachectl(2, &["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    cachectl_ok(&c, 1, &["cluster", "replace", "3", "4", &addr]);
+    // (Its exit status says degraded until node 4 has caught up.)
+    let voters = |id| {
+        let out = c.cachectl(id, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        v["voters"].clone()
+    };
+    assert_eq!(voters(2), serde_json::json!([1, 2, 4]));
     wait_for(Duration::from_secs(30), "node 4 to hold every blob", || {
         c.blob_files(4).len() == paths.len()
     });
@@ -485,6 +670,11 @@ fn a_dead_node_is_replaced_by_a_fresh_one() {
         status(&c, 4).0 == 0
     });
     check_invariants(&c, &[1, 2, 4], &paths);
+
+    // Removing a live voter on its own: the other two carry on, with every path.
+    cachectl_ok(&c, 4, &["cluster", "remove", "2"]);
+    assert_eq!(voters(1), serde_json::json!([1, 4]));
+    check_invariants(&c, &[1, 4], &paths);
 }
 
 #[test]

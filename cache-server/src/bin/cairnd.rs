@@ -167,6 +167,9 @@ struct ServeArgs {
     /// Bytes per second of stored blobs re-hashed by the scrubber; 0 turns it off. [default: 8388608]
     #[arg(long)]
     cluster_scrub_bytes_per_sec: Option<u64>,
+    /// Bytes per second the repair worker fetches from peers at most; 0 means no cap. [default: 67108864]
+    #[arg(long)]
+    cluster_repair_bytes_per_sec: Option<u64>,
     /// Seconds a blob no path names is kept before it is deleted (the retention
     /// settings' blob_grace_secs, when longer, wins). [default: 86400]
     #[arg(long)]
@@ -242,6 +245,7 @@ impl ServeArgs {
             || self.cluster_snapshot_logs.is_some()
             || self.cluster_repair_interval_secs.is_some()
             || self.cluster_scrub_bytes_per_sec.is_some()
+            || self.cluster_repair_bytes_per_sec.is_some()
             || self.cluster_orphan_grace_secs.is_some()
             || self.cluster_gc_interval_secs.is_some();
         if any_cluster_flag {
@@ -259,6 +263,7 @@ impl ServeArgs {
                 cluster_snapshot_logs => snapshot_logs,
                 cluster_repair_interval_secs => repair_interval_secs,
                 cluster_scrub_bytes_per_sec => scrub_bytes_per_sec,
+                cluster_repair_bytes_per_sec => repair_bytes_per_sec,
                 cluster_orphan_grace_secs => orphan_grace_secs,
                 cluster_gc_interval_secs => gc_interval_secs
             );
