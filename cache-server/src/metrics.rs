@@ -222,6 +222,11 @@ impl Metrics {
                 self.leader_changes.load(Relaxed),
             ),
             (
+                "cairn_raft_read_barrier_rounds_total",
+                "Rounds with the leader confirming narinfo misses (concurrent misses share one).",
+                node.barrier_rounds(),
+            ),
+            (
                 "cairn_blob_copies_total",
                 "Blob copies sent to peers and verified there.",
                 self.blob_copies.load(Relaxed),

@@ -39,11 +39,13 @@ pub const HEADER_NAR_SIZE: &str = "cairn-nar-size";
 
 /// The crash tests' hook: with `CAIRN_FAILPOINT=<step>` in its environment, a node
 /// dies on the spot (as under SIGKILL: no unwinding, no clean-up) when an upload reaches
-/// that step: `after-ingest` (the blob is on this disk, nothing registered),
-/// `after-register` (enough copies registered, the NAR not yet answered), `before-path`
-/// (the narinfo verified, not yet proposed), `after-path` (committed, not yet answered).
-/// Read once; unset (always, outside tests), it costs a comparison per upload step.
-fn failpoint(step: &str) {
+/// that step: `mid-body` (part of the body received and staged), `after-ingest` (the
+/// blob is on this disk, nothing registered), `after-copy` (a peer verified and kept its
+/// copy, not registered), `after-register` (enough copies registered, the NAR not yet
+/// answered), `before-path` (the narinfo verified, not yet proposed), `after-path`
+/// (committed, not yet answered). Read once; unset (always, outside tests), it costs a
+/// comparison per upload step.
+pub(crate) fn failpoint(step: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var("CAIRN_FAILPOINT").ok());
     if armed.as_deref() == Some(step) {
@@ -194,6 +196,7 @@ async fn replicate(
         tokio::spawn(async move {
             let r = match copy_to(&s2, &node2, &m, &rec2).await {
                 Ok(()) => {
+                    failpoint("after-copy");
                     s2.metrics
                         .blob_copies
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

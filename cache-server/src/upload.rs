@@ -63,6 +63,7 @@ impl Read for BodyReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
+        crate::replication::failpoint("mid-body");
         Ok(n)
     }
 }

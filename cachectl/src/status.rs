@@ -215,10 +215,40 @@ fn render(url: &str, s: &Status, health: Health, why: &[String]) -> String {
             uptime(n.uptime_secs)
         ));
     }
-    if let Some(v) = s.nodes.first().map(|n| n.version.as_str()) {
-        out.push_str(&format!("\ncairnd {v}\n"));
-    }
+    out.push_str(&versions(&s.nodes));
     out
+}
+
+/// The footer: one cairnd version, or which node runs which (a rolling upgrade half
+/// done), wrapped at 80 columns.
+fn versions(nodes: &[Node]) -> String {
+    let mut by_version: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for n in nodes.iter().filter(|n| n.reachable) {
+        by_version
+            .entry(n.version.as_str())
+            .or_default()
+            .push(n.id.to_string());
+    }
+    match by_version.len() {
+        0 => String::new(),
+        1 => format!("\ncairnd {}\n", by_version.keys().next().expect("one")),
+        _ => {
+            let mut out = String::from("\n");
+            let mut line = String::from("cairnd versions differ:");
+            for (v, ids) in by_version {
+                let part = format!(" {v} on {};", ids.join(","));
+                if line.chars().count() + part.chars().count() > 80 {
+                    out.push_str(&line);
+                    out.push('\n');
+                    line = String::from(" ");
+                }
+                line.push_str(&part);
+            }
+            out.push_str(line.trim_end_matches(';'));
+            out.push('\n');
+            out
+        }
+    }
 }
 
 /// Bytes in at most 7 characters: `931.3G`, `12.0T`.
@@ -365,6 +395,27 @@ mod tests {
         }
         assert!(text.contains("DEGRADED"), "{text}");
         assert!(text.contains("node 3 is unreachable"), "{text}");
+        assert!(text.ends_with("\ncairnd 0.1.0\n"), "{text}");
+    }
+
+    #[test]
+    fn mixed_versions_are_listed_by_node() {
+        let mut s = three();
+        s.nodes[1].version = "0.2.0".into();
+        assert_eq!(
+            versions(&s.nodes),
+            "\ncairnd versions differ: 0.1.0 on 1,3; 0.2.0 on 2\n"
+        );
+        // Many nodes and versions still fit in 80 columns.
+        let nodes: Vec<Node> = (1..=40)
+            .map(|id| Node {
+                version: format!("0.{}.0-rc.{id}", id % 7),
+                ..node(id)
+            })
+            .collect();
+        let text = versions(&nodes);
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        assert!(text.contains(" 0.3.0-rc.3 on 3;"), "{text}");
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct Node {
     /// When the last completed read barrier started: callers that arrived before it
     /// started share its result (misses are confirmed in batches).
     barrier: tokio::sync::Mutex<Option<Instant>>,
+    /// Read barrier rounds made (each one read index asked of the leader).
+    barrier_rounds: std::sync::atomic::AtomicU64,
     started: Instant,
     /// Whether this node is its cluster's only voter, kept current from the server
     /// metrics (which change with the role and the membership, not with every entry):
@@ -231,6 +233,7 @@ impl Node {
             wire,
             identity: RwLock::new(identity),
             barrier: tokio::sync::Mutex::new(None),
+            barrier_rounds: Default::default(),
             sole_voter,
             started: Instant::now(),
         }))
@@ -570,6 +573,8 @@ impl Node {
             return Ok(());
         }
         let started = Instant::now();
+        self.barrier_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let index = match tokio::time::timeout(timeout, self.fetch_read_index()).await {
             Ok(r) => r?,
             Err(_) => return Err(WriteError::Unavailable("no leader answered in time".into())),
@@ -582,6 +587,12 @@ impl Node {
             .map_err(|e| WriteError::Unavailable(format!("catching up with the leader: {e}")))?;
         *last = Some(started);
         Ok(())
+    }
+
+    /// Read barrier rounds this node has made since it started.
+    pub fn barrier_rounds(&self) -> u64 {
+        self.barrier_rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The leader's commit index as of now, confirmed by a quorum (or its lease).

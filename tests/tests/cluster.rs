@@ -187,6 +187,40 @@ fn upload_through_one_node_and_substitute_from_another() {
         String::from_utf8_lossy(&out.stderr)
     );
     check_invariants(&c, &[1, 2, 3], &pushed);
+
+    // Misses on a follower are each confirmed with the leader, concurrent ones in
+    // shared rounds.
+    let follower = followers(&c, leader)[0];
+    let rounds = "cairn_raft_read_barrier_rounds_total";
+    let before = c.metric(follower, rounds).unwrap();
+    let misses: Vec<String> = (0..256)
+        .map(|i| format!("{}/{:0>32}.narinfo", c.url(follower), i))
+        .collect();
+    let statuses: Vec<u16> = cairn_tests::rt().block_on(async {
+        use futures_util::StreamExt;
+        let client = cairn_tests::http_client();
+        futures_util::stream::iter(&misses)
+            .map(|url| {
+                let client = client.clone();
+                async move {
+                    client
+                        .get(url)
+                        .send()
+                        .await
+                        .map_or(0, |r| r.status().as_u16())
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await
+    });
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    let made = c.metric(follower, rounds).unwrap() - before;
+    assert!(
+        (1..=misses.len() as u64 / 2).contains(&made),
+        "{made} rounds for {} concurrent misses",
+        misses.len()
+    );
     let total = paths.len() + 1 + pushed.len();
     wait_for(
         Duration::from_secs(30),
@@ -720,7 +754,9 @@ fn a_node_dying_at_each_step_of_an_upload_leaves_nothing_half_done() {
     let _g = serial();
     let nix = Nix::new();
     for step in [
+        "mid-body",
         "after-ingest",
+        "after-copy",
         "after-register",
         "before-path",
         "after-path",
@@ -745,8 +781,15 @@ fn a_node_dying_at_each_step_of_an_upload_leaves_nothing_half_done() {
         if visible {
             check_invariants(&c, &[1, 3], &paths);
         }
-        // Restarted without the failpoint, the same upload goes through.
+        // Restarted without the failpoint, it keeps nothing half-received, and the
+        // same upload goes through.
         c.restart(2);
+        let staging = c.node(2).data.join("cache/staging");
+        assert_eq!(
+            std::fs::read_dir(&staging).map(|d| d.count()).ok(),
+            Some(0),
+            "{step}"
+        );
         c.wait_leader(&c.ids(), Duration::from_secs(20));
         copy_ok(&c, &nix, 2, &paths);
         check_invariants(&c, &c.ids(), &paths);
