@@ -406,7 +406,7 @@ pub async fn run(ctx: &Ctx<'_>, misses: &Workload) -> Result<ClusterResults> {
         .await?;
         let rs = t.elapsed().as_secs_f64();
         r.stored_bytes = v["stored_bytes"].as_u64().unwrap_or(0);
-        let elections = max_term(&v) - term_before;
+        let elections = max_term(&v).saturating_sub(term_before);
         step(format!(
             "  three copies of every blob after {rs:.1} s; {elections} Raft terms begun meanwhile"
         ));

@@ -7,16 +7,35 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rustix::process::{kill_process, Pid, Signal};
 
-/// A free TCP port on 127.0.0.1, found by binding port 0 and letting go again. The
-/// server binds it a moment later; nothing else on this machine hands out such ports.
+/// A free TCP port on 127.0.0.1 for a server to bind a moment later. It is taken below
+/// the kernel's ephemeral range: a port found by binding port 0 comes from that range,
+/// where any outgoing connection of the run (wrk, the client, node to node) may take
+/// it before the server binds it (a cluster node once failed to start that way). Each
+/// call moves on to the next port, so servers started one after another never meet
+/// each other's old connections either.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a port")?;
-    Ok(l.local_addr()?.port())
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (first, end) = (10_000u32, ephemeral_low.max(10_001));
+    let span = end - first;
+    // Runs started close together begin at different places.
+    let _ = NEXT.compare_exchange(0, 1 + std::process::id() % span, Relaxed, Relaxed);
+    for _ in 0..span {
+        let port = first + NEXT.fetch_add(1, Relaxed) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return Ok(port as u16);
+        }
+    }
+    bail!("no free TCP port on 127.0.0.1 between {first} and {end}")
 }
 
 /// Which server a process is; nginx's CPU is the sum over its master and workers.

@@ -85,6 +85,10 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
+/// The slowest repair rate taken: a node below it would not catch up on a real cache
+/// in days, which is a typo rather than a choice.
+pub const MIN_REPAIR_RATE: u64 = 1 << 20;
+
 /// The config file. Every field is optional; unset fields take the defaults documented
 /// here (and in the README's configuration reference).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -209,8 +213,8 @@ pub struct ClusterFileConfig {
     /// Bytes per second of stored blobs the scrubber re-hashes; 0 turns it off.
     /// Default 8 MiB.
     pub scrub_bytes_per_sec: Option<u64>,
-    /// Bytes per second the repair worker fetches from peers at most; 0 means no cap.
-    /// Default 64 MiB.
+    /// Bytes per second the repair worker fetches from peers at most; 0 means no cap,
+    /// else at least [`MIN_REPAIR_RATE`]. Default 64 MiB.
     pub repair_bytes_per_sec: Option<u64>,
     /// Seconds a blob no path names is kept before the orphan sweep deletes it.
     /// Default 86400 (a day).
@@ -307,6 +311,12 @@ impl ClusterConfig {
         if !(1..=7).contains(&replicas) {
             return Err(bad("replicas must be 1 to 7"));
         }
+        let repair_bytes_per_sec = f.repair_bytes_per_sec.unwrap_or(64 << 20);
+        if (1..MIN_REPAIR_RATE).contains(&repair_bytes_per_sec) {
+            return Err(bad(
+                "repair_bytes_per_sec must be 0 (no cap) or at least 1048576 (1 MiB/s)",
+            ));
+        }
         Ok(ClusterConfig {
             node_id,
             advertise: f
@@ -323,7 +333,7 @@ impl ClusterConfig {
             snapshot_logs: f.snapshot_logs.unwrap_or(10_000).max(10),
             repair_interval_secs: f.repair_interval_secs.unwrap_or(30).max(1),
             scrub_bytes_per_sec: f.scrub_bytes_per_sec.unwrap_or(8 << 20),
-            repair_bytes_per_sec: f.repair_bytes_per_sec.unwrap_or(64 << 20),
+            repair_bytes_per_sec,
             orphan_grace_secs: f.orphan_grace_secs.unwrap_or(86_400),
             gc_interval_secs: f.gc_interval_secs.unwrap_or(3600),
         })
@@ -595,5 +605,17 @@ daemon_socket = "/nix/var/nix/daemon-socket/socket"
             ..Default::default()
         };
         assert!(Config::resolve(bad, no_env).is_err());
+        // A repair rate is no cap (0) or at least 1 MiB/s.
+        for (rate, ok) in [
+            (0, true),
+            (1, false),
+            (MIN_REPAIR_RATE - 1, false),
+            (MIN_REPAIR_RATE, true),
+        ] {
+            let text = format!("[cluster]\nnode_id = 1\nrepair_bytes_per_sec = {rate}\n");
+            let file: FileConfig = toml::from_str(&text).unwrap();
+            let c = Config::resolve(file, no_env);
+            assert_eq!(c.is_ok(), ok, "repair_bytes_per_sec = {rate}");
+        }
     }
 }

@@ -201,6 +201,16 @@ impl Metrics {
             m.last_applied.map(|l| l.index).unwrap_or(0),
         );
         gauge(
+            "cairn_raft_snapshot_index",
+            "Last Raft log index in this node's snapshot.",
+            m.snapshot.map(|l| l.index).unwrap_or(0),
+        );
+        gauge(
+            "cairn_raft_purged_index",
+            "Last Raft log index purged from this node's log (a peer behind it needs the snapshot).",
+            m.purged.map(|l| l.index).unwrap_or(0),
+        );
+        gauge(
             "cairn_repair_backlog_blobs",
             "Blobs this node should fetch to reach the replica target.",
             self.repair_backlog.load(Relaxed),
@@ -223,7 +233,7 @@ impl Metrics {
             ),
             (
                 "cairn_raft_read_barrier_rounds_total",
-                "Rounds with the leader confirming narinfo misses (concurrent misses share one).",
+                "Rounds with the leader to confirm narinfo misses, failed ones too (concurrent misses share one).",
                 node.barrier_rounds(),
             ),
             (

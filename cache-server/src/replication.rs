@@ -38,13 +38,14 @@ pub const HEADER_NAR_HASH: &str = "cairn-nar-hash";
 pub const HEADER_NAR_SIZE: &str = "cairn-nar-size";
 
 /// The crash tests' hook: with `CAIRN_FAILPOINT=<step>` in its environment, a node
-/// dies on the spot (as under SIGKILL: no unwinding, no clean-up) when an upload reaches
-/// that step: `mid-body` (part of the body received and staged), `after-ingest` (the
-/// blob is on this disk, nothing registered), `after-copy` (a peer verified and kept its
-/// copy, not registered), `after-register` (enough copies registered, the NAR not yet
-/// answered), `before-path` (the narinfo verified, not yet proposed), `after-path`
-/// (committed, not yet answered). Read once; unset (always, outside tests), it costs a
-/// comparison per upload step.
+/// dies on the spot (as under SIGKILL: no unwinding, no clean-up) when it reaches that
+/// step: `mid-body` (the first bytes of a request body handed to its reader: an
+/// upload's, a peer's copy, a session part), `after-ingest` (an uploaded blob is on this
+/// disk, nothing registered), `after-copy` (a peer verified and kept its copy, not
+/// registered), `after-register` (enough copies registered, the NAR not yet answered),
+/// `before-path` (the narinfo verified, not yet proposed), `after-path` (committed, not
+/// yet answered). Read once; unset (always, outside tests), it costs a comparison at
+/// each of those steps.
 pub(crate) fn failpoint(step: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var("CAIRN_FAILPOINT").ok());
@@ -657,9 +658,7 @@ pub async fn scrub_step(s: &Shared, cursor: Option<Vec<u8>>, budget: u64) -> Opt
             let Some((file, _)) = blobs.blobs.open_blob(&h2).map_err(std::io::Error::other)? else {
                 return Ok(false);
             };
-            let mut hasher = nix_formats::HashingReader::new(std::io::BufReader::new(file));
-            std::io::copy(&mut hasher, &mut std::io::sink())?;
-            Ok(hasher.finish().0 == h2)
+            Ok(hash_of_file(&file)? == h2)
         })
         .await
         .unwrap_or(Ok(true))
@@ -672,10 +671,40 @@ pub async fn scrub_step(s: &Shared, cursor: Option<Vec<u8>>, budget: u64) -> Opt
     last
 }
 
-/// The repair worker: every `repair_interval_secs` a scrub step, an orphan sweep and
-/// a repair pass (see the module docs).
+/// The sha256 of the whole of `file`, read from its start whatever its offset
+/// (blocking).
+pub fn hash_of_file(file: &std::fs::File) -> std::io::Result<Hash> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = nix_formats::Sha256Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut at = 0;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+}
+
+/// The repair worker: every `repair_interval_secs` a scrub step and an orphan sweep,
+/// and in a task of its own a repair pass (see the module docs), which may take hours
+/// at its rate when a node catches up on a whole cache.
 pub async fn repair_loop(s: Shared, c: ClusterConfig) {
-    let mut tick = tokio::time::interval(Duration::from_secs(c.repair_interval_secs));
+    let every = Duration::from_secs(c.repair_interval_secs);
+    let (s2, rate) = (s.clone(), c.repair_bytes_per_sec);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = repair_pass(&s2, rate).await {
+                tracing::warn!(error = %e, "repair pass failed");
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let budget = c.scrub_bytes_per_sec.saturating_mul(c.repair_interval_secs);
     let grace = Duration::from_secs(c.orphan_grace_secs);
@@ -687,9 +716,6 @@ pub async fn repair_loop(s: Shared, c: ClusterConfig) {
         }
         if let Err(e) = gc_orphans(&s, grace).await {
             tracing::warn!(error = %e, "orphan sweep failed");
-        }
-        if let Err(e) = repair_pass(&s, c.repair_bytes_per_sec).await {
-            tracing::warn!(error = %e, "repair pass failed");
         }
     }
 }
@@ -723,7 +749,7 @@ pub async fn repair_pass(s: &Shared, rate: u64) -> Result<u64, ServerError> {
             }
         } else {
             ensure_local(s, &h).await?;
-            if let Some(entry) = node.state().blob(&h)? {
+            if let Ok(Some(entry)) = node.state().blob(&h) {
                 pace.took(entry.blob.file_size).await;
             }
         }
@@ -736,7 +762,9 @@ pub async fn repair_pass(s: &Shared, rate: u64) -> Result<u64, ServerError> {
 }
 
 /// Keeps a run of transfers at `rate` bytes per second on average: after each one it
-/// waits until the bytes so far fit the time so far.
+/// waits until the bytes so far fit the time so far. Time left unused (slow transfers,
+/// blobs only registered) is credited for at most [`Pace::CREDIT`], so a slow start
+/// does not buy a long burst at full speed later.
 struct Pace {
     rate: u64,
     start: tokio::time::Instant,
@@ -752,9 +780,16 @@ impl Pace {
         }
     }
 
+    const CREDIT: Duration = Duration::from_secs(1);
+
     async fn took(&mut self, bytes: u64) {
         if self.rate == 0 {
             return;
+        }
+        let spent = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        let now = tokio::time::Instant::now();
+        if self.start + spent + Self::CREDIT < now {
+            self.start = now - spent - Self::CREDIT;
         }
         self.bytes = self.bytes.saturating_add(bytes);
         let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
@@ -774,12 +809,15 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(250));
         pace.took(750_000).await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
-        // Time already spent on a slow transfer counts: no wait beyond the average.
-        tokio::time::advance(Duration::from_secs(2)).await;
+        // Time left unused counts, up to a second of credit: after 5 s without a
+        // transfer, a second's worth goes at once, and the next waits its second.
+        tokio::time::advance(Duration::from_secs(5)).await;
         pace.took(1_000_000).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        pace.took(1_000_000).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
         let mut free = Pace::new(0);
         free.took(u64::MAX).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
     }
 }

@@ -879,13 +879,16 @@ async fn cache_nar(
             let before = store::blobs::Stamp::of(&file);
             let known_good = before.is_some_and(|b| s.blobs.is_verified(file_hash, &b));
             let file = if n < len && !known_good && !hashes_right(s, file_hash, &file).await? {
-                tracing::error!(file_hash = %file_hash, "a stored blob does not hash to its name");
-                // Set aside, fetched again from a holder (cluster), checked on arrival.
+                // Set aside, fetched again from a holder (cluster), checked again: a
+                // copy that could not be set aside (no quorum) is still the bad one.
                 crate::replication::quarantine(s, file_hash).await;
-                crate::replication::open_or_fetch(s, file_hash)
+                let (file, _) = crate::replication::open_or_fetch(s, file_hash)
                     .await?
-                    .ok_or(ServerError::NotFound)?
-                    .0
+                    .ok_or(ServerError::NotFound)?;
+                if !hashes_right(s, file_hash, &file).await? {
+                    return Err(ServerError::NotFound);
+                }
+                file
             } else {
                 file
             };
@@ -1002,28 +1005,18 @@ async fn small_blob(
 }
 
 /// Whether the whole of `file` hashes to `file_hash` (noted, when it does, so the next
-/// request need not hash it again while the file is unchanged).
+/// request need not hash it again while the file is unchanged). Hashing takes one of
+/// the `max_encoders` slots: it costs as much CPU as a stream being compressed.
 async fn hashes_right(
     s: &Shared,
     file_hash: &Hash,
     file: &std::fs::File,
 ) -> Result<bool, ServerError> {
     let (st, h, file) = (s.clone(), file_hash.clone(), file.try_clone()?);
+    let _permit = encoder_permit(s).await;
     let right = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-        use std::os::unix::fs::FileExt;
         let before = store::blobs::Stamp::of(&file);
-        let mut hasher = nix_formats::Sha256Hasher::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut at = 0;
-        loop {
-            let n = file.read_at(&mut buf, at)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            at += n as u64;
-        }
-        let right = hasher.finish() == h;
+        let right = crate::replication::hash_of_file(&file)? == h;
         if right {
             st.blobs.note_verified_since(&h, before, &file);
         }

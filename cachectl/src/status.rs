@@ -219,8 +219,8 @@ fn render(url: &str, s: &Status, health: Health, why: &[String]) -> String {
     out
 }
 
-/// The footer: one cairnd version, or which node runs which (a rolling upgrade half
-/// done), wrapped at 80 columns.
+/// The footer: one cairnd version, or which nodes run which (a rolling upgrade half
+/// done; versions in name order), wrapped at 80 columns.
 fn versions(nodes: &[Node]) -> String {
     let mut by_version: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for n in nodes.iter().filter(|n| n.reachable) {
@@ -233,18 +233,25 @@ fn versions(nodes: &[Node]) -> String {
         0 => String::new(),
         1 => format!("\ncairnd {}\n", by_version.keys().next().expect("one")),
         _ => {
+            let parts: Vec<String> = by_version
+                .iter()
+                .map(|(v, ids)| format!("{v} on {}", ids.join(", ")))
+                .collect();
+            let text = format!("cairnd versions differ: {}", parts.join("; "));
             let mut out = String::from("\n");
-            let mut line = String::from("cairnd versions differ:");
-            for (v, ids) in by_version {
-                let part = format!(" {v} on {};", ids.join(","));
-                if line.chars().count() + part.chars().count() > 80 {
+            let mut line = String::new();
+            for word in text.split(' ') {
+                if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > 80 {
                     out.push_str(&line);
                     out.push('\n');
                     line = String::from(" ");
                 }
-                line.push_str(&part);
+                if !line.trim().is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(word);
             }
-            out.push_str(line.trim_end_matches(';'));
+            out.push_str(&line);
             out.push('\n');
             out
         }
@@ -404,18 +411,28 @@ mod tests {
         s.nodes[1].version = "0.2.0".into();
         assert_eq!(
             versions(&s.nodes),
-            "\ncairnd versions differ: 0.1.0 on 1,3; 0.2.0 on 2\n"
+            "\ncairnd versions differ: 0.1.0 on 1, 3; 0.2.0 on 2\n"
         );
-        // Many nodes and versions still fit in 80 columns.
-        let nodes: Vec<Node> = (1..=40)
-            .map(|id| Node {
-                version: format!("0.{}.0-rc.{id}", id % 7),
-                ..node(id)
-            })
-            .collect();
-        let text = versions(&nodes);
-        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
-        assert!(text.contains(" 0.3.0-rc.3 on 3;"), "{text}");
+        // Many nodes and versions, or one version on many nodes, fit in 80 columns.
+        type Versions = fn(u64) -> String;
+        let cases: [(Versions, &str); 2] = [
+            (|id| format!("0.{}.0-rc.{id}", id % 7), "0.3.0-rc.3 on 3;"),
+            (
+                |id| if id == 1 { "0.2.0" } else { "0.1.0" }.into(),
+                "59, 60; 0.2.0 on 1\n",
+            ),
+        ];
+        for (version, expected) in cases {
+            let nodes: Vec<Node> = (1..=60)
+                .map(|id| Node {
+                    version: version(id),
+                    ..node(id)
+                })
+                .collect();
+            let text = versions(&nodes);
+            assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+            assert!(text.replace("\n ", " ").contains(expected), "{text}");
+        }
     }
 
     #[test]

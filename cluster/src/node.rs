@@ -650,26 +650,16 @@ impl Node {
 
     /// The leader's side of [`Node::change_membership`].
     pub async fn change_as_leader(&self, change: MembershipChange) -> Result<(), WriteError> {
-        let refused =
-            |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e.forward_to_leader() {
-                Some(_) => WriteError::Unavailable(format!("leadership moved: {e}")),
-                None => WriteError::Refused(e.to_string()),
-            };
         match change {
             MembershipChange::Add { node_id, addr } => {
-                // A member coming back under its id must still hold its log and its
-                // vote; one that asks to be added again has lost them (a wiped disk),
-                // and letting it vote with an empty log could undo committed entries.
-                if self
-                    .metrics()
-                    .membership_config
+                let membership = self.metrics().membership_config.clone();
+                let known = membership
                     .nodes()
-                    .any(|(id, _)| *id == node_id)
-                {
-                    return Err(WriteError::Refused(format!(
-                        "node {node_id} is already a member; a node that lost its data \
-                         rejoins under a new id (cachectl cluster replace {node_id} NEW_ID ADDR)"
-                    )));
+                    .find(|(id, _)| **id == node_id)
+                    .map(|(_, n)| n.addr.clone());
+                if let Some(known) = known {
+                    let voter = membership.voter_ids().any(|v| v == node_id);
+                    return self.add_again(node_id, &known, &addr, voter).await;
                 }
                 let cluster = self
                     .identity()
@@ -692,12 +682,8 @@ impl Node {
                 self.raft
                     .add_learner(node_id, ClusterNode { addr }, true)
                     .await
-                    .map_err(refused)?;
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-                    .await
-                    .map_err(refused)?;
-                Ok(())
+                    .map_err(membership_refused)?;
+                self.promote(node_id).await
             }
             MembershipChange::Remove { node_id } => {
                 let m = self.metrics().membership_config.clone();
@@ -712,15 +698,67 @@ impl Node {
                 self.raft
                     .change_membership(change, false)
                     .await
-                    .map_err(refused)?;
+                    .map_err(membership_refused)?;
                 Ok(())
             }
+        }
+    }
+
+    /// Makes a caught-up learner a voter.
+    async fn promote(&self, node_id: NodeId) -> Result<(), WriteError> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(membership_refused)?;
+        Ok(())
+    }
+
+    /// `cluster add` of a node already in the membership, at `known`: nothing to do for
+    /// a voter that answers as one of ours, a promotion for such a learner (an add cut
+    /// short, or retried). Refused for one that lost its cluster identity: a wiped disk
+    /// under its old id would vote with an empty log and a forgotten vote, which can
+    /// undo committed entries (and made openraft's core panic when it was let in).
+    async fn add_again(
+        &self,
+        node_id: NodeId,
+        known: &str,
+        asked: &str,
+        voter: bool,
+    ) -> Result<(), WriteError> {
+        if known != asked {
+            return Err(WriteError::Refused(format!(
+                "node {node_id} is already a member, at {known}, not {asked}"
+            )));
+        }
+        let rb = self
+            .wire
+            .raft_request(Method::GET, known, "/status", node_id)
+            .timeout(Duration::from_secs(10));
+        match send_json::<serde_json::Value>(rb, node_id, known).await {
+            Ok(_) if voter => Ok(()),
+            Ok(_) => self.promote(node_id).await,
+            Err(CallError::Status { status: 409, .. }) => Err(WriteError::Refused(format!(
+                "node {node_id} is already a member but has lost its cluster identity (a wiped \
+                 disk); it rejoins under a new id: cachectl cluster replace {node_id} NEW_ID ADDR"
+            ))),
+            Err(e) => Err(WriteError::Refused(format!(
+                "node {node_id} is already a member and does not answer at {known}: {e}"
+            ))),
         }
     }
 
     /// Stops Raft (tests; cairnd just exits).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// A membership change openraft refused: 503 when leadership moved meanwhile (retry
+/// on the new leader), else the reason.
+fn membership_refused(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteError {
+    match e.forward_to_leader() {
+        Some(_) => WriteError::Unavailable(format!("leadership moved: {e}")),
+        None => WriteError::Refused(e.to_string()),
     }
 }
 

@@ -273,6 +273,10 @@ fn leader_killed_during_uploads_loses_nothing() {
             }
         } else {
             // Refused while the leader was gone: not acknowledged, so sent again.
+            assert!(
+                at > killed_at,
+                "upload of {p} failed before the kill: {err}"
+            );
             eprintln!("upload of {p} failed: {err}");
             copy_ok(&c, &nix, target, std::slice::from_ref(&p));
             acked.push(p);
@@ -432,10 +436,17 @@ fn far_behind_node_catches_up_through_a_snapshot() {
     });
     let leader = c.wait_leader(&c.ids(), Duration::from_secs(10));
     let behind = followers(&c, leader)[0];
+    let had = c.metric(behind, "cairn_raft_last_log_index").unwrap();
     c.kill(behind);
     for p in &paths {
         copy_ok(&c, &nix, leader, std::slice::from_ref(p));
     }
+    // The leader's log no longer reaches back to where the node stopped.
+    wait_for(
+        Duration::from_secs(20),
+        "the leader to purge past the node",
+        || c.metric(leader, "cairn_raft_purged_index").unwrap_or(0) > had,
+    );
     c.restart(behind);
     wait_caught_up(&c, behind, &paths, Duration::from_secs(30));
     // It installed the leader's snapshot: its own would not say so.
@@ -505,6 +516,8 @@ fn the_cluster_listener_refuses_strangers_and_a_wiped_node() {
         "re-adding a wiped member: {err}"
     );
     assert_eq!(c.cluster_id(3), None, "the wiped node took no identity");
+    // Adding a healthy voter again changes nothing and is no error (a retried add).
+    cachectl_ok(&c, 1, &["cluster", "add", "2", &c.node(2).cluster.clone()]);
     assert_eq!(c.metric(3, "cairn_raft_term"), Some(0));
     assert_eq!(narinfo_status(&c, 3, &paths[0]), 404);
     let (code, _) = status(&c, 3);
@@ -696,7 +709,11 @@ fn a_dead_node_is_replaced_by_a_fresh_one() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
         v["voters"].clone()
     };
-    assert_eq!(voters(2), serde_json::json!([1, 2, 4]));
+    wait_for(
+        Duration::from_secs(10),
+        "node 2 to see voters 1, 2, 4",
+        || voters(2) == serde_json::json!([1, 2, 4]),
+    );
     wait_for(Duration::from_secs(30), "node 4 to hold every blob", || {
         c.blob_files(4).len() == paths.len()
     });
@@ -707,7 +724,9 @@ fn a_dead_node_is_replaced_by_a_fresh_one() {
 
     // Removing a live voter on its own: the other two carry on, with every path.
     cachectl_ok(&c, 4, &["cluster", "remove", "2"]);
-    assert_eq!(voters(1), serde_json::json!([1, 4]));
+    wait_for(Duration::from_secs(10), "node 1 to see voters 1, 4", || {
+        voters(1) == serde_json::json!([1, 4])
+    });
     check_invariants(&c, &[1, 4], &paths);
 }
 
@@ -783,8 +802,12 @@ fn a_node_dying_at_each_step_of_an_upload_leaves_nothing_half_done() {
         }
         // Restarted without the failpoint, it keeps nothing half-received, and the
         // same upload goes through.
-        c.restart(2);
         let staging = c.node(2).data.join("cache/staging");
+        if step == "mid-body" {
+            let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+            assert!(left > 0, "the crash left the upload's staging file");
+        }
+        c.restart(2);
         assert_eq!(
             std::fs::read_dir(&staging).map(|d| d.count()).ok(),
             Some(0),

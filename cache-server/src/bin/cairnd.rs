@@ -167,7 +167,7 @@ struct ServeArgs {
     /// Bytes per second of stored blobs re-hashed by the scrubber; 0 turns it off. [default: 8388608]
     #[arg(long)]
     cluster_scrub_bytes_per_sec: Option<u64>,
-    /// Bytes per second the repair worker fetches from peers at most; 0 means no cap. [default: 67108864]
+    /// Bytes per second the repair worker fetches from peers at most; 0 means no cap, else at least 1048576. [default: 67108864]
     #[arg(long)]
     cluster_repair_bytes_per_sec: Option<u64>,
     /// Seconds a blob no path names is kept before it is deleted (the retention
