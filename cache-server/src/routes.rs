@@ -860,11 +860,7 @@ async fn cache_nar(
             // task and a channel per request cost more than the bytes.
             let bytes = match small_blob(s, file_hash, file, len).await {
                 Err(ServerError::CorruptBlob) => {
-                    // Set aside, fetched again from a holder (cluster), checked again.
-                    crate::replication::quarantine(s, file_hash).await;
-                    let (file, _) = crate::replication::open_or_fetch(s, file_hash)
-                        .await?
-                        .ok_or(ServerError::NotFound)?;
+                    let file = fetch_again(s, file_hash).await?;
                     small_blob(s, file_hash, file, len)
                         .await
                         .map_err(|_| ServerError::NotFound)?
@@ -879,12 +875,7 @@ async fn cache_nar(
             let before = store::blobs::Stamp::of(&file);
             let known_good = before.is_some_and(|b| s.blobs.is_verified(file_hash, &b));
             let file = if n < len && !known_good && !hashes_right(s, file_hash, &file).await? {
-                // Set aside, fetched again from a holder (cluster), checked again: a
-                // copy that could not be set aside (no quorum) is still the bad one.
-                crate::replication::quarantine(s, file_hash).await;
-                let (file, _) = crate::replication::open_or_fetch(s, file_hash)
-                    .await?
-                    .ok_or(ServerError::NotFound)?;
+                let file = fetch_again(s, file_hash).await?;
                 if !hashes_right(s, file_hash, &file).await? {
                     return Err(ServerError::NotFound);
                 }
@@ -1002,6 +993,17 @@ async fn small_blob(
     let bytes = Bytes::from(bytes);
     s.variants.put_memory(&key, bytes.clone());
     Ok(bytes)
+}
+
+/// Sets aside this node's copy of a blob that failed its hash and opens one fetched
+/// again from a holder (a cluster), 404 without one. The caller checks the copy
+/// again: one that could not be set aside (no quorum) is still the bad one.
+async fn fetch_again(s: &Shared, file_hash: &Hash) -> Result<std::fs::File, ServerError> {
+    crate::replication::quarantine(s, file_hash).await;
+    let (file, _) = crate::replication::open_or_fetch(s, file_hash)
+        .await?
+        .ok_or(ServerError::NotFound)?;
+    Ok(file)
 }
 
 /// Whether the whole of `file` hashes to `file_hash` (noted, when it does, so the next

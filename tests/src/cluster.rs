@@ -132,9 +132,7 @@ pub fn cairnd_bin() -> PathBuf {
 pub fn have_netns() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        use std::os::unix::fs::MetadataExt;
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        root && sh("ip", &["netns", "list"]) && sh("nft", &["--version"])
+        crate::is_root() && sh("ip", &["netns", "list"]) && sh("nft", &["--version"])
     })
 }
 

@@ -146,6 +146,12 @@ pub fn cachectl_bin() -> PathBuf {
     bin
 }
 
+/// Whether this process runs as root (the owner of `/proc/self`).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// A private single-threaded runtime, for driving async HTTP from a synchronous test.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -99,10 +99,8 @@ fn can_partition(c: &TestCluster) -> bool {
     if c.can_partition() {
         return true;
     }
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     assert!(
-        !root,
+        !cairn_tests::is_root(),
         "running as root, yet no network namespaces: are `ip` and `nft` installed?"
     );
     eprintln!("skipped: partitions need root, ip netns and nft");

@@ -366,7 +366,7 @@ fn bad_uploads_are_refused_and_leave_nothing() {
 
 #[test]
 fn a_full_disk_answers_507_and_keeps_nothing() {
-    if !is_root() {
+    if !cairn_tests::is_root() {
         panic!("this test mounts a tmpfs and must run as root (scripts/test does in CI)");
     }
     let mnt = tempfile::tempdir().unwrap();
@@ -547,14 +547,6 @@ fn split_url(url: &str) -> (&str, &str) {
         .unwrap()
         .split_once('/')
         .unwrap()
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 struct Tmpfs(PathBuf);
